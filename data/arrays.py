@@ -1,0 +1,53 @@
+"""In-memory image datasets (CIFAR-LT, synthetic): uint8 arrays plus labels."""
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class ArrayDataset(Dataset):
+    """Images (N, H, W, 3) uint8 and labels (N,); sample i of epoch e is augmented with a
+    generator seeded by (seed, e, i), independent of workers, ranks and visiting order."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, seed: int = 0):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.transform, self.seed, self.epoch = transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        return self.transform(self.images[i], rng), torch.tensor(self.labels[i])
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.labels
+
+
+def long_tailed_counts(n_max: int, num_classes: int, imb_factor: float) -> list:
+    """n_k = int(n_max * IF^(-k / (C - 1))), class 0 the head (Cao et al. 2019, exp profile)."""
+    if imb_factor < 1:
+        raise ValueError(f"imbalance factor must be >= 1, got {imb_factor}")
+    if num_classes == 1:
+        return [int(n_max)]
+    return [int(n_max * (1.0 / imb_factor) ** (k / (num_classes - 1.0))) for k in range(num_classes)]
+
+
+def long_tailed_indices(labels: np.ndarray, counts, seed: int = 0) -> np.ndarray:
+    """For each class in order, shuffle its indices with one numpy RandomState(seed) stream and
+    keep the first n_k: the subset of Cao et al.'s IMBALANCECIFAR (seed 0)."""
+    rng = np.random.RandomState(seed)
+    labels = np.asarray(labels)
+    keep = []
+    for k, n in enumerate(counts):
+        idx = np.where(labels == k)[0]
+        if len(idx) < n:
+            raise ValueError(f"class {k} has {len(idx)} images, fewer than the {n} asked for")
+        rng.shuffle(idx)
+        keep.append(idx[:n])
+    return np.concatenate(keep)

@@ -1,0 +1,1 @@
+"""The training engine: config schema, trainer, metrics, checkpoints, distributed helpers."""

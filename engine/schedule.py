@@ -1,0 +1,26 @@
+"""The per-epoch values of a run (learning rate, rho, DRW class weights), expanded once from the
+config and applied at the start of every epoch. Because each value is a function of the epoch
+index alone, a resumed run sets exactly what the uninterrupted run would have."""
+from typing import Sequence
+
+from losses.drw import drw_weights
+from optim.schedules import cosine_lr, piecewise_rho
+
+
+class EpochSchedule:
+    def __init__(self, cfg, class_counts: Sequence[int], uses_rho: bool = True):
+        t = cfg.train
+        self.lr = cosine_lr(cfg.optim.lr, t.epochs, t.warmup_epochs)
+        # Plain SGD has no radius: its rho stays 0 and is logged as none.
+        self.rho = piecewise_rho(cfg.optim.rho, cfg.optim.rho_milestones, t.epochs) if uses_rho else [None] * t.epochs
+        self.class_counts, self.drw_epoch, self.drw_beta = list(class_counts), cfg.loss.drw_epoch, cfg.loss.drw_beta
+
+    def apply(self, epoch: int, optimizer, criterion) -> dict:
+        """Set this epoch's values on the optimizer's param groups and the loss; return them."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr[epoch]
+            if self.rho[epoch] is not None:
+                group["rho"] = self.rho[epoch]
+        criterion.set_class_weight(drw_weights(epoch, self.class_counts, self.drw_epoch, self.drw_beta))
+        return {"lr": self.lr[epoch], "rho": self.rho[epoch],
+                "drw": self.drw_epoch is not None and epoch >= self.drw_epoch}

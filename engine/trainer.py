@@ -1,0 +1,237 @@
+"""The one trainer: `fit` builds everything from the config and runs epochs; `train_one_epoch`
+and `evaluate` do the work. Nothing here branches on the method: every optimizer runs its own
+passes inside `optimizer.step(model, images, targets, criterion)`."""
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from data import build_data
+from engine import distributed as dist_utils
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.config import Config, config_to_dict, save_config
+from engine.errors import UserError
+from engine.loaders import auto_workers, eval_loader, train_loader
+from engine.metrics import summarize
+from engine.report import RunWriter, git_revision, write_json
+from engine.schedule import EpochSchedule
+from losses import build_loss
+from models import build_model
+from optim import OPTIMIZERS, build_optimizer
+from optim.base import AMP_DTYPES
+
+CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def progress_enabled(setting: str, info) -> bool:
+    if not info.is_main or setting == "off":
+        return False
+    return setting == "on" or (sys.stderr.isatty() and not os.environ.get("CI"))
+
+
+def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, info, checkpoint_note: str) -> dict:
+    """One pass over the (sharded) training set; returns the epoch's mean loss and accuracy (%)."""
+    model.train()
+    steps = len(loader) if cfg_train.max_steps_per_epoch is None else min(len(loader), cfg_train.max_steps_per_epoch)
+    totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss sum, correct, samples
+    bar = None
+    if progress_enabled(cfg_train.progress, info):
+        from tqdm import tqdm
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    checked = 0
+    for step, (images, targets) in enumerate(loader):
+        if step >= steps:
+            break
+        images = images.to(info.device, non_blocking=True)
+        targets = targets.to(info.device, non_blocking=True)
+        loss, logits = optimizer.step(model, images, targets, criterion)
+        totals += torch.stack([loss.double() * len(targets), (logits.argmax(1) == targets).sum().double(),
+                               torch.tensor(float(len(targets)), dtype=torch.float64, device=info.device)])
+        if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+            loss_sum, _, seen = totals.tolist()
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}; "
+                                    f"{checkpoint_note}; lower optim.lr or optim.rho, or use train.amp=none/bf16")
+            checked = step + 1
+            if bar is not None:
+                bar.update(step + 1 - bar.n)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    if bar is not None:
+        bar.close()
+    if info.distributed:
+        dist_utils.all_reduce_sum_([totals])
+    loss_sum, correct, seen = totals.tolist()
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(model, loader, info, amp: str = "none"):
+    """(predictions, confidences, labels) over the whole test set, gathered from every rank."""
+    was_training = model.training
+    model.eval()
+    preds, confs, labels = [], [], []
+    dtype = AMP_DTYPES[amp]
+    for images, targets in loader:
+        with torch.autocast(info.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images.to(info.device, non_blocking=True))
+        conf, pred = F.softmax(logits.float(), dim=1).max(dim=1)
+        preds.append(pred)
+        confs.append(conf)
+        labels.append(targets.to(info.device))
+    model.train(was_training)
+    cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=info.device)
+    out = [dist_utils.gather_variable(cat(x, dt), info) for x, dt in
+           ((preds, torch.long), (confs, torch.float32), (labels, torch.long))]
+    return [t.cpu().numpy() for t in out]
+
+
+def evaluate(model, loader, info, class_counts, data_cfg, amp: str = "none") -> dict:
+    """The evaluation report (percent): balanced top-1, head / medium / tail, per-class, ECE."""
+    if info.distributed:
+        dist_utils.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics
+    preds, confs, labels = predict(model, loader, info, amp)
+    return summarize(preds, confs, labels, class_counts, data_cfg.head_threshold, data_cfg.tail_threshold)
+
+
+def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
+    if state.get("class_counts") != list(class_counts):
+        raise UserError(f"{path} was trained on other class counts than this config's data; "
+                        "check data.name / data.imb_factor")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"{path} does not match this config's model or optimizer "
+                        f"({str(e).splitlines()[0][:160]})") from None
+
+
+def fit(cfg: Config, out_dir: str, resume: bool = False) -> dict:
+    """Train `cfg` into `out_dir` (or continue it from out_dir/last.pt); return the final report."""
+    info = dist_utils.init_distributed(cfg.train.device)
+    try:
+        return _fit(cfg, out_dir, resume, info)
+    finally:
+        dist_utils.cleanup()
+
+
+def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
+    seed_everything(cfg.seed)
+    splits = build_data(cfg.data, cfg.seed)
+    counts = splits.class_counts
+    model = build_model(cfg.model, splits.num_classes).to(info.device)
+    criterion = build_loss(cfg.loss, counts).to(info.device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+    ckpt_path = os.path.join(out_dir, "last.pt")
+    start_epoch, elapsed, best = 0, 0.0, None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        _restore(state, model, optimizer, counts, ckpt_path)
+        start_epoch, elapsed, best = state["epoch"], state["elapsed"], state.get("best_on_test")
+    elif info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    dist_utils.barrier()
+
+    net = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None) \
+        if info.distributed else model
+    workers = auto_workers(cfg.data.num_workers, info)
+    train_dl = train_loader(splits.train, cfg.train.batch_size, info, cfg.seed, workers, cfg.train.drop_last)
+    test_dl = eval_loader(splits.test, cfg.train.eval_batch_size, info, workers)
+    schedule = EpochSchedule(cfg, counts, uses_rho="rho" in OPTIMIZERS[cfg.optim.name].uses)
+    writer = RunWriter(out_dir, start_epoch, info.is_main)
+    report = None
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t0 = time.time()
+            values = schedule.apply(epoch, optimizer, criterion)
+            train_dl.sampler.set_epoch(epoch)
+            splits.train.set_epoch(epoch)
+            note = f"the last good checkpoint is {ckpt_path} (epoch {epoch})" if epoch else "no checkpoint yet"
+            stats = train_one_epoch(net, optimizer, criterion, train_dl, epoch, cfg.train, info, note)
+            last = epoch == cfg.train.epochs - 1
+            report = evaluate(model, test_dl, info, counts, cfg.data, cfg.train.amp) \
+                if last or (epoch + 1) % cfg.train.eval_every == 0 else None
+            if report is not None and (best is None or report["top1"] > best["top1"]):
+                best = {"top1": report["top1"], "epoch": epoch}
+            seconds = time.time() - t0
+            elapsed += seconds
+            row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats,
+                   **{k: (report or {}).get(k) for k in ("top1", "head", "medium", "tail", "ece")},
+                   "epoch_seconds": seconds}
+            writer.log_epoch(row)
+            if info.is_main:
+                _print_epoch(row, cfg.train.epochs)
+                save_checkpoint(ckpt_path, {"epoch": epoch + 1, "elapsed": elapsed, "model": model.state_dict(),
+                                            "optimizer": optimizer.state_dict(), "class_counts": list(counts),
+                                            "config": config_to_dict(cfg), "best_on_test": best})
+        if report is None:  # resumed a finished run: evaluate the final weights again
+            report = evaluate(model, test_dl, info, counts, cfg.data, cfg.train.amp)
+    finally:
+        writer.close()
+    final = {**report, "class_counts": list(counts), "class_names": splits.class_names, "epochs": cfg.train.epochs,
+             "wall_seconds": elapsed, "seconds_per_epoch": elapsed / max(1, cfg.train.epochs),
+             "best_on_test": best, "world_size": info.world_size, "device": str(info.device),
+             "git_revision": git_revision(),
+             "run": {"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+                     "optim": cfg.optim.name, "seed": cfg.seed}}
+    if info.is_main:
+        write_json(os.path.join(out_dir, "final.json"), final)
+        print(f"final: top1 {final['top1']:.2f}  head {_fmt(final['head'])}  medium {_fmt(final['medium'])}  "
+              f"tail {_fmt(final['tail'])}  ece {final['ece']:.2f}  -> {os.path.join(out_dir, 'final.json')}",
+              flush=True)
+    return final
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _print_epoch(row: dict, epochs: int) -> None:
+    rho = "" if row["rho"] is None else f" rho {row['rho']:.3g}"
+    test = "" if row["top1"] is None else (f" | top1 {row['top1']:.2f} head {_fmt(row['head'])} "
+                                           f"med {_fmt(row['medium'])} tail {_fmt(row['tail'])}")
+    print(f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g}{rho} loss {row['train_loss']:.4f} "
+          f"train {row['train_acc']:.2f}%{test} ({row['epoch_seconds']:.1f}s)", flush=True)
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
+    """Evaluate the weights in `checkpoint` on the config's test set; write the report to out_path."""
+    info = dist_utils.init_distributed(cfg.train.device)
+    try:
+        state = load_checkpoint(checkpoint)
+        splits = build_data(cfg.data, cfg.seed)
+        model = build_model(cfg.model, splits.num_classes).to(info.device)
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' with {splits.num_classes} "
+                            f"classes ({str(e).splitlines()[0][:160]})") from None
+        loader = eval_loader(splits.test, cfg.train.eval_batch_size, info, auto_workers(cfg.data.num_workers, info))
+        report = evaluate(model, loader, info, splits.class_counts, cfg.data, cfg.train.amp)
+        report.update(class_counts=splits.class_counts, class_names=splits.class_names, checkpoint=os.path.abspath(checkpoint),
+                      epochs_trained=state.get("epoch"), git_revision=git_revision(),
+                      run={"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+                           "optim": cfg.optim.name, "seed": cfg.seed})
+        if info.is_main:
+            write_json(out_path, report)
+            print(f"top1 {report['top1']:.2f}  head {_fmt(report['head'])}  medium {_fmt(report['medium'])}  "
+                  f"tail {_fmt(report['tail'])}  ece {report['ece']:.2f}  -> {out_path}", flush=True)
+        return report
+    finally:
+        dist_utils.cleanup()

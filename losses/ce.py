@@ -1,0 +1,21 @@
+"""Cross-entropy and logit-adjusted cross-entropy (LA, Menon et al. ICLR 2021)."""
+import torch
+import torch.nn.functional as F
+
+from losses.base import PerSampleLoss
+
+
+class CrossEntropy(PerSampleLoss):
+    def unweighted(self, logits, targets):
+        return F.cross_entropy(logits, targets, reduction="none")
+
+
+class LogitAdjusted(PerSampleLoss):
+    """CE on z_k + tau * log(pi_k): the logit-adjusted loss, Menon et al. Eq. 10."""
+
+    def __init__(self, class_counts, tau: float = 1.0, reduction: str = "batch"):
+        super().__init__(class_counts, reduction)
+        self.tau = tau
+
+    def unweighted(self, logits, targets):
+        return F.cross_entropy(logits + self.tau * self.log_prior.to(logits.dtype), targets, reduction="none")

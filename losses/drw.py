@@ -1,0 +1,16 @@
+"""Deferred re-weighting (DRW, Cao et al. 2019): class-balanced weights switched on late."""
+import torch
+
+
+def class_balanced_weights(class_counts, beta: float) -> torch.Tensor:
+    """w_k = (1 - beta) / (1 - beta^{n_k}), normalised to sum to C (Cui et al. 2019)."""
+    n = torch.as_tensor(class_counts, dtype=torch.float64)
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    return w / w.sum() * len(n)
+
+
+def drw_weights(epoch: int, class_counts, drw_epoch, beta: float) -> torch.Tensor:
+    """The class weights in force at `epoch` (0-based): ones before `drw_epoch`, CB after."""
+    if drw_epoch is None or epoch < drw_epoch:
+        return torch.ones(len(class_counts), dtype=torch.float64)
+    return class_balanced_weights(class_counts, beta)

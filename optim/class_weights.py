@@ -1,0 +1,47 @@
+"""Per-class weight vectors (a, c) that turn the one weighted-SAM step into each method.
+
+The step (optim/sharpness.py) minimises L_a(w) + L_c(w + eps) with eps along grad L_c(w), where
+L_v(w) = (1/b) sum_i v[y_i] l_i(w). These pure functions of the class counts choose a and c:
+
+    SGD        a = 1                              c = 0        (no perturbation)
+    SAM        a = 0                              c = 1
+    ImbSAM     a = [n_k > eta]                    c = [n_k <= eta]
+    Focal-SAM  a = 1 - lam (1 - pi_k)^gamma       c = lam (1 - pi_k)^gamma,   pi_k = n_k / n
+
+Focal-SAM with gamma = 0, lam = 1 is SAM; as gamma grows, (1 - pi_k)^gamma falls fastest for the
+head classes, so the weights approach an ImbSAM-like split (Focal-SAM paper, section 4).
+"""
+from typing import Tuple
+
+import torch
+
+Weights = Tuple[torch.Tensor, torch.Tensor]
+
+
+def _counts(class_counts) -> torch.Tensor:
+    n = torch.as_tensor(class_counts, dtype=torch.float64)
+    if n.ndim != 1 or len(n) == 0 or (n < 0).any():
+        raise ValueError(f"class_counts must be a non-empty list of non-negative counts, got {class_counts!r}")
+    return n
+
+
+def sgd_weights(num_classes: int) -> Weights:
+    return torch.ones(num_classes, dtype=torch.float64), torch.zeros(num_classes, dtype=torch.float64)
+
+
+def sam_weights(num_classes: int) -> Weights:
+    return torch.zeros(num_classes, dtype=torch.float64), torch.ones(num_classes, dtype=torch.float64)
+
+
+def imbsam_weights(class_counts, eta: float) -> Weights:
+    """ImbSAM (Zhou et al. ICCV 2023) as published: tail = classes with n_k <= eta."""
+    n = _counts(class_counts)
+    tail = (n <= eta).double()
+    return 1.0 - tail, tail
+
+
+def focal_sam_weights(class_counts, gamma: float, lam: float) -> Weights:
+    """Focal-SAM (Li et al. ICML 2025): c_k = lam (1 - pi_k)^gamma, a_k = 1 - c_k."""
+    n = _counts(class_counts)
+    c = lam * (1.0 - n / n.sum()) ** gamma
+    return 1.0 - c, c
