@@ -80,7 +80,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 200
     batch_size: int = 64                # GLOBAL batch: split evenly over the processes under torchrun
-    eval_batch_size: int = 512          # global, evaluation only
+    eval_batch_size: int = 256          # global, evaluation only (256 is fastest for ResNet-32 on CPU)
     max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs); None: full epochs
     warmup_epochs: int = 0              # linear LR warm-up before the cosine schedule
     amp: Literal["none", "bf16", "fp16"] = "none"

@@ -1,0 +1,100 @@
+"""User paths end to end on the synthetic set: train, eval, resume, and the bad-input errors."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import engine.trainer as trainer
+from conftest import assert_one_line_error, run_cli
+from engine.config import load_config
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_train_then_eval_via_cli(tiny_config, tmp_path):
+    cfg = tiny_config()
+    out = tmp_path / "run"
+    proc = run_cli("train.py", "--config", cfg, "--out", str(out), "--set", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.yaml", "metrics.jsonl", "summary.csv", "final.json", "last.pt"):
+        assert (out / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1]
+    final = read_json(out / "final.json")
+    for key in ("top1", "head", "medium", "tail", "per_class_acc", "ece", "class_counts", "epochs", "wall_seconds"):
+        assert key in final, key
+    assert final["class_counts"] == [24, 15, 9, 6] and final["epochs"] == 2
+    assert final["top1"] == pytest.approx(sum(final["per_class_acc"]) / 4)
+    assert "top1" in proc.stdout and "epoch 2/2" in proc.stdout
+    # eval.py on the checkpoint reproduces the final report.
+    proc = run_cli("eval.py", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "e.json"))
+    assert proc.returncode == 0, proc.stderr
+    ev = read_json(tmp_path / "e.json")
+    for key in ("top1", "head", "medium", "tail", "per_class_acc", "ece"):
+        assert ev[key] == final[key], key
+    # The same folder again refuses to overwrite the run.
+    proc = run_cli("train.py", "--config", cfg, "--out", str(out))
+    assert_one_line_error(proc, "already holds a run", "--resume")
+
+
+def test_resume_equals_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+    cfg = load_config(tiny_config({"data": {"num_workers": 1}}), ["train.epochs=3"])
+    full = trainer.fit(cfg, str(tmp_path / "full"))
+
+    real = trainer.train_one_epoch
+    def crash_in_epoch_2(*args, **kwargs):
+        if args[4] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(cfg, str(tmp_path / "cut"))
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    resumed = trainer.fit(load_config(str(tmp_path / "cut" / "config.yaml")), str(tmp_path / "cut"), resume=True)
+
+    for key in ("top1", "head", "medium", "tail", "per_class_acc", "ece"):
+        assert resumed[key] == full[key], key
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, v in a["optimizer"]["base"]["state"].items():   # momentum buffers too
+        assert torch.equal(v["momentum_buffer"], b["optimizer"]["base"]["state"][k]["momentum_buffer"])
+    lines = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    full_lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1, 2]
+    assert [l["train_loss"] for l in lines] == [l["train_loss"] for l in full_lines]
+
+
+def test_resume_via_cli_and_its_errors(tiny_config, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("train.py", "--config", tiny_config(), "--out", str(out), "--set", "train.epochs=1").returncode == 0
+    proc = run_cli("train.py", "--resume", str(out))
+    assert proc.returncode == 0, proc.stderr   # a finished run: evaluates again, rewrites final.json
+    assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "none")), "nothing to resume")
+    assert_one_line_error(run_cli("train.py", "--resume", str(out), "--set", "train.epochs=3"), "drop --config and --set")
+
+
+def test_bad_inputs_give_one_line(tiny_config, tmp_path):
+    assert_one_line_error(run_cli("train.py", "--config", tiny_config(), "--set", "loss.name=focal"),
+                          "loss.name", "unknown loss 'focal'", "ce")
+    missing = tmp_path / "c.yaml"
+    missing.write_text(yaml.safe_dump({"data": {"name": "cifar10_lt", "root": str(tmp_path / "nodata"),
+                                                "download": False}, "model": {"name": "resnet8"}}))
+    missing = str(missing)
+    assert_one_line_error(run_cli("train.py", "--config", missing, "--out", str(tmp_path / "m")),
+                          "cifar10 not found", "cifar-10-batches-py", "data.root")
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    assert_one_line_error(run_cli("eval.py", "--config", tiny_config(), "--checkpoint", str(corrupt)),
+                          "cannot load checkpoint", "corrupt")
+    assert_one_line_error(run_cli("eval.py", "--checkpoint", str(tmp_path / "nope.pt"), "--config", tiny_config()),
+                          "checkpoint not found")
+    assert_one_line_error(run_cli("train.py", "--config", str(tmp_path / "missing.yaml")), "config file not found")
