@@ -74,6 +74,10 @@ class OptimConfig:
     gamma: float = option(2.0)          # Focal-SAM focusing exponent on (1 - pi_k)
     lam: float = option(1.0)            # Focal-SAM sharpness weight lambda
     eta: float = option(100.0)          # ImbSAM: tail = classes with n_k <= eta
+    ratio: float = option(0.3)          # CC-SAM: weight r of the perturbed loss (official 0.3)
+    radius: Literal["official", "plain"] = option("official")   # CC-SAM per-class radius rule
+    scope: Literal["classifier", "all"] = option("classifier")  # CC-SAM: parameters perturbed per class
+    perturbation: Literal["global", "local"] = option("global") # DDP: perturb along the global or per-replica gradient
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""Independent reference computations of the optimizer formulas (DESIGN.md section 1), written
+directly with torch.func.functional_call and autograd in float64. They share no code with optim/."""
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from models.heads import Classifier, CosineClassifier
+
+
+class MLP(Classifier):
+    """No BatchNorm: a two-layer feature map and a linear (or cosine) head."""
+
+    def __init__(self, d_in=6, width=8, classes=4, head="linear"):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh())
+        self.classifier = nn.Linear(width, classes) if head == "linear" else CosineClassifier(width, classes)
+
+    def forward_features(self, x):
+        return self.body(x)
+
+
+class ConvBN(Classifier):
+    """With BatchNorm (running statistics and affine parameters)."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.classifier = nn.Linear(4, classes)
+
+    def forward_features(self, x):
+        return F.relu(self.bn(self.conv(x))).mean((2, 3))
+
+
+def per_sample_ce(logits, targets):
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def sgd_update(params, grads, bufs, lr, momentum, weight_decay):
+    """torch.optim.SGD without dampening or Nesterov, written out."""
+    out = {}
+    for n, w in params.items():
+        if grads.get(n) is None:
+            out[n] = w
+            continue
+        d = grads[n] + weight_decay * w
+        bufs[n] = d.clone() if n not in bufs or momentum == 0 else momentum * bufs[n] + d
+        out[n] = w - lr * (bufs[n] if momentum else d)
+    return out
+
+
+def weighted_sam_reference(model, params, bufs, x, y, a, c, rho, lr, momentum, wd, perturbed=None, loss=per_sample_ce):
+    """One step of u = grad L_c(w); eps = rho u/(||u||+1e-12); g = grad L_a(w) + grad L_c(w+eps); SGD.
+
+    `model` is only used as a function (functional_call): its BN buffers may change.
+    """
+    names = list(params)
+    perturbed = names if perturbed is None else perturbed
+
+    def L(p, v):
+        logits = functional_call(model, p, (x,))
+        return (v[y] * loss(logits, y)).sum() / len(y)
+
+    def grad(p_values, v):
+        p = {n: t.detach().clone().requires_grad_(True) for n, t in p_values.items()}
+        gs = torch.autograd.grad(L(p, v), [p[n] for n in names], allow_unused=True)
+        return {n: (torch.zeros_like(p[n]) if g is None else g) for n, g in zip(names, gs)}
+
+    u = grad(params, c)
+    norm = math.sqrt(sum(float((u[n] ** 2).sum()) for n in perturbed))
+    eps = {n: (rho * u[n] / (norm + 1e-12) if n in perturbed else torch.zeros_like(u[n])) for n in names}
+    g_a = grad(params, a)
+    g_c = grad({n: params[n] + eps[n] for n in names}, c)
+    g = {n: g_a[n] + g_c[n] for n in names}
+    return sgd_update(params, g, bufs, lr, momentum, wd)
+
+
+def ccsam_reference(model, params, bufs, x, y, counts, rho, ratio, rule, lr, momentum, wd, scope="classifier",
+                    loss=per_sample_ce):
+    """CC-SAM by brute force: a separate parameter copy per class, the official radius written out.
+
+    L = (1-r) mean_i l_i(w) + r mean_i l_i(w + eps_{y_i}), eps constant; then SGD.
+    """
+    names = list(params)
+    scope_names = [n for n in names if n.startswith("classifier.")] if scope == "classifier" else names
+    p = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
+    feats = functional_call(model, p, (x,), {"return_features": True})[0]
+    head = {n[len("classifier."):]: p[n] for n in names if n.startswith("classifier.")}
+    logits = functional_call(model.classifier, head, (feats,))
+    clean = loss(logits, y)
+    perturbed_logits = torch.zeros_like(logits)
+    n_min = min(counts)
+    num = sum(params[n].numel() for n in scope_names)
+    for k in torch.unique(y).tolist():
+        idx = (y == k).nonzero().flatten()
+        gk = torch.autograd.grad(clean[idx].mean(), [p[n] for n in scope_names], retain_graph=True, allow_unused=True)
+        gk = [torch.zeros_like(p[n]) if g is None else g for n, g in zip(scope_names, gk)]
+        moved = dict(p)
+        total = math.sqrt(sum(float((g ** 2).sum()) for g in gk))
+        for n, g in zip(scope_names, gk):
+            gn = float(g.norm())
+            if gn == 0:
+                continue
+            if rule == "official":
+                r = rho * math.sqrt(float(params[n].norm())) * num ** 0.25 / (
+                    math.sqrt(2) * max(counts[k] - 1, 1) ** 0.25 * math.sqrt(gn))
+                eps = r * g / gn
+            else:
+                eps = rho * (n_min / counts[k]) ** 0.25 * g / total
+            moved[n] = p[n] + eps.detach()
+        if scope == "classifier":
+            mh = {n[len("classifier."):]: moved[n] for n in names if n.startswith("classifier.")}
+            z = functional_call(model.classifier, mh, (feats[idx],))
+        else:
+            z = functional_call(model, moved, (x[idx],))
+        perturbed_logits = perturbed_logits.index_put((idx,), z)
+    total_loss = ((1 - ratio) * clean + ratio * loss(perturbed_logits, y)).sum() / len(y)
+    gs = torch.autograd.grad(total_loss, [p[n] for n in names], allow_unused=True)
+    return sgd_update(params, {n: g for n, g in zip(names, gs)}, bufs, lr, momentum, wd)
+
+
+def params_of(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def reference_copy(model):
+    return copy.deepcopy(model)

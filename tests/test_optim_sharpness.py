@@ -1,0 +1,130 @@
+"""SGD, SAM, ImbSAM and Focal-SAM against a direct float64 autograd computation of the formula
+(tests/reference.py), with and without BatchNorm, momentum 0 and 0.9, weight decay on."""
+import pytest
+import torch
+
+from optim import SAM, SGD, FocalSAM, ImbSAM
+from optim.class_weights import focal_sam_weights, imbsam_weights
+from reference import MLP, ConvBN, params_of, per_sample_ce, reference_copy, weighted_sam_reference
+
+COUNTS = [400, 120, 30, 8]
+LR, WD, RHO = 0.1, 5e-4, 0.3
+
+
+def batches(model_kind, n_steps=3, b=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_steps):
+        x = torch.randn((b, 6) if model_kind == "mlp" else (b, 3, 5, 5), generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (b,), generator=g)
+        out.append((x, y))
+    return out
+
+
+def make_model(kind, seed=0):
+    torch.manual_seed(seed)
+    return (MLP() if kind == "mlp" else ConvBN()).double()
+
+
+def run_and_compare(kind, momentum, make_opt, a, c, data=None):
+    model = make_model(kind)
+    ref_model, params, bufs = reference_copy(model), params_of(model), {}
+    opt = make_opt(model)
+    for x, y in data or batches(kind):
+        opt.step(model, x, y, per_sample_ce)
+        params = weighted_sam_reference(ref_model, params, bufs, x, y, a, c, RHO, LR, momentum, WD)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), params[n], rtol=0, atol=1e-10, msg=n)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convbn"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sam_is_a0_c1(kind, momentum):
+    a, c = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    run_and_compare(kind, momentum, lambda m: SAM(m.parameters(), lr=LR, momentum=momentum, weight_decay=WD, rho=RHO),
+                    a, c)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convbn"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_imbsam_head_tail_masks(kind, momentum):
+    a, c = imbsam_weights(COUNTS, eta=100)
+    assert a.tolist() == [1, 1, 0, 0] and c.tolist() == [0, 0, 1, 1]   # tail: n_k <= 100
+    run_and_compare(kind, momentum, lambda m: ImbSAM(m.parameters(), lr=LR, momentum=momentum, weight_decay=WD,
+                                                     rho=RHO, eta=100, class_counts=COUNTS), a, c)
+
+
+def test_imbsam_batch_without_tail_is_a_finite_sgd_step():
+    a, c = imbsam_weights(COUNTS, eta=100)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])           # head classes only: u = 0
+    model = run_and_compare("mlp", 0.9, lambda m: ImbSAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD,
+                                                         rho=RHO, eta=100, class_counts=COUNTS), a, c, data=[(x, y)])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    sgd_model = run_and_compare("mlp", 0.9, lambda m: SGD(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD),
+                                torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), data=[(x, y)])
+    for p, q in zip(model.parameters(), sgd_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convbn"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_focal_sam(kind, momentum):
+    a, c = focal_sam_weights(COUNTS, gamma=3.0, lam=0.8)
+    pi = torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)
+    torch.testing.assert_close(c, 0.8 * (1 - pi) ** 3.0)
+    run_and_compare(kind, momentum, lambda m: FocalSAM(m.parameters(), lr=LR, momentum=momentum, weight_decay=WD,
+                                                       rho=RHO, gamma=3.0, lam=0.8, class_counts=COUNTS), a, c)
+
+
+def test_focal_sam_with_negative_clean_weight():
+    a, c = focal_sam_weights(COUNTS, gamma=2.0, lam=1.1)   # iNaturalist's lam 1.1: a_k < 0 for some k
+    assert (a < 0).any()
+    run_and_compare("mlp", 0.9, lambda m: FocalSAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO,
+                                                   gamma=2.0, lam=1.1, class_counts=COUNTS), a, c)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convbn"])
+def test_focal_sam_gamma0_lam1_equals_sam(kind):
+    data = batches(kind)
+    m1, m2 = make_model(kind), make_model(kind)
+    o1 = FocalSAM(m1.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, gamma=0.0, lam=1.0, class_counts=COUNTS)
+    o2 = SAM(m2.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO)
+    for x, y in data:
+        o1.step(m1, x, y, per_sample_ce)
+        o2.step(m2, x, y, per_sample_ce)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convbn"])
+def test_sgd_is_a1_c0(kind):
+    run_and_compare(kind, 0.9, lambda m: SGD(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD),
+                    torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+
+
+def test_step_returns_clean_loss_and_logits():
+    model = make_model("mlp")
+    x, y = batches("mlp", 1)[0]
+    expected_logits = model(x)
+    opt = FocalSAM(model.parameters(), lr=LR, rho=RHO, class_counts=COUNTS)
+    loss, logits = opt.step(model, x, y, per_sample_ce)
+    torch.testing.assert_close(logits, expected_logits.detach())
+    torch.testing.assert_close(loss, per_sample_ce(expected_logits, y).mean().detach())
+
+
+def test_bad_arguments_raise_value_errors():
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="rho must be >= 0, got -1"):
+        SAM(model.parameters(), lr=0.1, rho=-1)
+    with pytest.raises(ValueError, match="bn_mode"):
+        SAM(model.parameters(), lr=0.1, bn_mode="eval")
+    with pytest.raises(ValueError, match="class_counts"):
+        FocalSAM(model.parameters(), lr=0.1, class_counts=[])
+    opt = FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3])
+    with pytest.raises(ValueError, match="target 3 is out of range for 2 classes"):
+        opt.step(model, torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 3, 0]), per_sample_ce)
+    with pytest.raises(ValueError, match="per-sample losses"):
+        SAM(model.parameters(), lr=0.1).step(model, torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0]),
+                                             torch.nn.CrossEntropyLoss())
