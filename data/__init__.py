@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import List
 
 from data.arrays import ArrayDataset, long_tailed_counts, long_tailed_indices
-from data.cifar import cifar_lt
+from data.cifar import SPECS, cifar_lt
 from data.synthetic import synthetic_lt
 from data.transforms import CifarTest, CifarTrain
 from engine.registry import Component, lookup
@@ -49,6 +49,19 @@ DATASETS = {
     "synthetic": Component(_synthetic, uses=("imb_factor", "num_classes", "image_size", "max_per_class",
                                              "test_per_class")),
 }
+
+
+# The training class counts without loading any image (benchmarks, table scripts).
+CLASS_COUNTS = {
+    "cifar10_lt": lambda cfg: long_tailed_counts(SPECS["cifar10"]["n_max"], SPECS["cifar10"]["num_classes"], cfg.imb_factor),
+    "cifar100_lt": lambda cfg: long_tailed_counts(SPECS["cifar100"]["n_max"], SPECS["cifar100"]["num_classes"], cfg.imb_factor),
+    "synthetic": lambda cfg: long_tailed_counts(cfg.max_per_class, cfg.num_classes, cfg.imb_factor),
+}
+
+
+def class_counts_only(cfg) -> List[int]:
+    lookup(DATASETS, cfg.name, "data.name", "dataset")
+    return CLASS_COUNTS[cfg.name](cfg)
 
 
 def build_data(cfg, seed: int) -> DataSplits:

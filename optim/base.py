@@ -127,21 +127,28 @@ class SharpnessOptimizer(torch.optim.Optimizer):
 
     @contextlib.contextmanager
     def _bn_guard(self, model):
-        """With bn_mode="freeze", BN running statistics leave the perturbed pass unchanged."""
+        """With bn_mode="freeze", BN running statistics leave the perturbed pass unchanged.
+
+        The pass runs on clones of the buffers, which are dropped afterwards. Restoring the
+        originals in place instead would bump their version counters before the backward pass,
+        which autograd rejects (batch norm's backward takes the running statistics as inputs).
+        """
         if self.bn_mode != "freeze":
             yield
             return
-        bufs = [b for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers(False)]
-        saved = [b.clone() for b in bufs]
+        swapped = [(m, name, buf) for m in model.modules() if isinstance(m, _BatchNorm)
+                   for name, buf in m._buffers.items() if buf is not None]
+        for m, name, buf in swapped:
+            m._buffers[name] = buf.clone()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for b, s in zip(bufs, saved):
-                    b.copy_(s)
+            for m, name, buf in swapped:
+                m._buffers[name] = buf
 
-    def _scale(self) -> float:
-        return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """fp16: the loss times the current loss scale (GradScaler.scale); else the loss."""
+        return self.scaler.scale(loss) if self.scaler.is_enabled() else loss
 
     def _skip_nonfinite(self, params, scaled_grads) -> None:
         """fp16: hand non-finite gradients to the scaler, which skips the step and backs off."""

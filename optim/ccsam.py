@@ -110,7 +110,7 @@ class CCSAM(SharpnessOptimizer):
                 loss = ((1.0 - self.ratio) * losses + self.ratio * perturbed).sum() / total
             else:
                 loss = losses.sum() / total
-            (self._scale() * loss).backward()
+            self._scaled(loss).backward()
         self._finish(model)
         return losses.detach().mean(), logits.detach()
 

@@ -80,16 +80,15 @@ class WeightedSAM(SharpnessOptimizer):
             a = self._per_sample(self.clean_weight, targets, losses.dtype)
             c = self._per_sample(self.sharp_weight, targets, losses.dtype)
             total, need_clean, need_sharp = self._plan(model, a, c)
-            scale = self._scale()
             eps = None
             if need_sharp:
-                eps = self._perturbation(model, scale * (c * losses).sum() / total, retain=need_clean)
+                eps = self._perturbation(model, self._scaled((c * losses).sum() / total), retain=need_clean)
                 if eps is None:  # fp16 overflow in u: the scaler skipped the step
                     return losses.detach().mean(), logits.detach()
             if need_clean:
-                (scale * (a * losses).sum() / total).backward()
+                self._scaled((a * losses).sum() / total).backward()
             if need_sharp:
-                self._perturbed_backward(model, images, targets, criterion, c, total, scale, eps)
+                self._perturbed_backward(model, images, targets, criterion, c, total, eps)
         self._finish(model)
         return losses.detach().mean(), logits.detach()
 
@@ -109,13 +108,13 @@ class WeightedSAM(SharpnessOptimizer):
             if bool(bad.item()):
                 self._skip_nonfinite(params, u)
                 return None
-            torch._foreach_mul_(u, 1.0 / self._scale())
+            torch._foreach_mul_(u, 1.0 / self.scaler.get_scale())
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
         for (_, group), g in zip(pairs, u):
             g.mul_(group["rho"] / (norm + 1e-12))
         return u
 
-    def _perturbed_backward(self, model, images, targets, criterion, c, total, scale, eps) -> None:
+    def _perturbed_backward(self, model, images, targets, criterion, c, total, eps) -> None:
         """Accumulate grad L_c(w + eps) into .grad, then put the weights back exactly."""
         params = [p for p, _ in self._perturbed(model)]
         with torch.no_grad():
@@ -123,7 +122,7 @@ class WeightedSAM(SharpnessOptimizer):
             torch._foreach_add_(params, eps)
         with self._bn_guard(model):
             _, losses = self._forward(model, images, targets, criterion)
-        (scale * (c * losses).sum() / total).backward()
+        self._scaled((c * losses).sum() / total).backward()
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Time one training step of SGD / SAM / ImbSAM / CC-SAM / Focal-SAM on the same model and batches.
+
+    python scripts/bench_step.py                                  # CIFAR-10-LT rows, ResNet-32, this machine
+    python scripts/bench_step.py --dataset cifar100_lt --steps 20
+    python scripts/bench_step.py --dataset imagenet_lt --batch 128 --set train.amp=bf16   # on a GPU
+
+Each optimizer is built from the paper config `configs/<dataset>/la_<optimizer>.yaml` (so the
+hyper-parameters are the rows' own), on a copy of one initial model, and steps through the same
+list of batches whose labels follow the training class counts (ImbSAM skips the perturbed pass
+on batches without a tail sample, as in training). Prints the median seconds per step, the ratio
+to SAM (paper Table 1: Focal-SAM 1.36x SAM on CIFAR-10-LT) and the implied seconds per epoch.
+A benchmark, not a test: the figures depend on the machine and what else runs on it.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine.config import load_config                      # noqa: E402
+from engine.distributed import pick_device                  # noqa: E402
+from losses import build_loss                               # noqa: E402
+from models import build_model                              # noqa: E402
+from optim import build_optimizer                           # noqa: E402
+
+OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
+IMAGE_SIZE = {"cifar10_lt": 32, "cifar100_lt": 32, "imagenet_lt": 224, "inat2018": 224}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def class_counts_of(cfg):
+    """The training counts of the config's dataset without reading images."""
+    from data import class_counts_only
+    return class_counts_only(cfg.data)
+
+
+def make_batches(counts, n, batch, size, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    out = []
+    for _ in range(n):
+        y = torch.multinomial(probs, batch, replacement=True, generator=g)
+        x = torch.randn(batch, 3, size, size, generator=g)
+        out.append((x.to(device), y.to(device)))
+    return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_optimizer(cfg, model0, counts, batches, warmup, device):
+    model = copy.deepcopy(model0)
+    criterion = build_loss(cfg.loss, counts).to(device)
+    opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+    model.train()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + len(batches)):
+        x, y = batches[i % len(batches)]
+        sync(device)
+        t0 = time.perf_counter()
+        opt.step(model, x, y, criterion)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return statistics.median(times), min(times), peak
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="cifar10_lt", choices=sorted(IMAGE_SIZE))
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument("--batch", type=int, help="per-step batch (default: the config's train.batch_size)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per optimizer")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    device = pick_device(args.device)
+    names = args.optimizers.split(",")
+    cfgs = {n: load_config(os.path.join(ROOT, "configs", args.dataset, f"la_{n}.yaml"), args.set) for n in names}
+    first = cfgs[names[0]]
+    counts = class_counts_of(first)
+    batch = args.batch or first.train.batch_size
+    torch.manual_seed(0)
+    model0 = build_model(first.model, len(counts)).to(device)
+    batches = make_batches(counts, args.steps, batch, IMAGE_SIZE[args.dataset], device)
+    steps_per_epoch = -(-sum(counts) // batch)
+    rows = {}
+    for n in names:
+        med, best, peak = time_optimizer(cfgs[n], model0, counts, batches, args.warmup, device)
+        rows[n] = {"seconds_per_step": med, "best_seconds_per_step": best, "peak_gib": peak,
+                   "seconds_per_epoch": med * steps_per_epoch}
+    ref = rows.get("sam", {}).get("seconds_per_step")
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
+          f"torch {torch.__version__}, {args.dataset}, {first.model.name}, batch {batch}, amp {first.train.amp}, "
+          f"{args.steps} timed steps (median)")
+    print(f"| optimizer | s/step | x SAM | s/epoch ({steps_per_epoch} steps) |" + (" peak GiB |" if device.type == "cuda" else ""))
+    print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
+    for n, r in rows.items():
+        ratio = f"{r['seconds_per_step'] / ref:.2f}" if ref else "n/a"
+        mem = f" {r['peak_gib']:.2f} |" if r["peak_gib"] is not None else ""
+        print(f"| {n} | {r['seconds_per_step']:.4f} | {ratio} | {r['seconds_per_epoch']:.1f} |{mem}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "dataset": args.dataset, "batch": batch, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
