@@ -55,6 +55,9 @@ class ModelConfig:
 class LossConfig:
     name: str = "ce"
     tau: float = option(1.0)            # LA / VS: additive tau * log(pi_k)
+    gamma: float = option(0.3)          # VS: multiplicative (n_k / n_max)^gamma (VS code default)
+    max_m: float = option(0.5)          # LDAM: largest margin (rarest class)
+    s: float = option(30.0)             # LDAM: logit scale on cosine logits
     drw_epoch: Optional[int] = None     # DRW: class-balanced weights from this epoch on (0-based)
     drw_beta: float = 0.9999            # DRW effective-number beta
     drw_reduction: Literal["batch", "weights"] = "batch"  # batch: sum / b (Focal-SAM code)
@@ -249,6 +252,11 @@ def check_components(cfg: Config, tree: dict) -> None:
                 users = sorted(n for n, c in registry.items() if f.name in c.uses)
                 raise ConfigError(f"{section}.{f.name}", f"is not used by {SECTION_KIND[section]} "
                                   f"'{sub.name}' (used by: {', '.join(users)}); remove it")
+        for key_path, value, reason in comp.requires:
+            sec, key = key_path.split(".")
+            if getattr(getattr(cfg, sec), key) != value:
+                raise ConfigError(key_path, f"{SECTION_KIND[section]} '{sub.name}' needs {key_path}: {value} "
+                                  f"({reason}), got {getattr(getattr(cfg, sec), key)!r}; set {key_path}: {value}")
 
 
 def check_combinations(cfg: Config) -> None:

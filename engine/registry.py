@@ -3,7 +3,8 @@
 Each folder (`models/`, `losses/`, `optim/`, `data/`) keeps a plain dict of `Component`s keyed by
 the name written in YAML. `uses` lists the section keys that only this component reads (keys
 marked `option` in the schema); the config loader rejects an option that the chosen component
-would silently ignore.
+would silently ignore. `requires` lists (key path, value, reason) that the rest of the config
+must satisfy when this component is chosen (LDAM needs the cosine classifier).
 """
 import difflib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from engine.errors import ConfigError
 class Component:
     build: Callable
     uses: tuple = ()
+    requires: tuple = ()
 
 
 def lookup(registry: Mapping[str, Component], name: str, path: str, kind: str) -> Component:

@@ -28,7 +28,8 @@ class PerSampleLoss(nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # (B, C), (B,) -> (B,)
-        loss = self.unweighted(logits.float(), targets)
+        # Under autocast the logits may be half precision: compute the loss in fp32 (fp64 stays).
+        loss = self.unweighted(logits if logits.dtype in (torch.float32, torch.float64) else logits.float(), targets)
         w = self.class_weight.to(loss.dtype)[targets]
         if self.reduction == "weights":
             w = w * (len(targets) / w.sum())

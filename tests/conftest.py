@@ -64,11 +64,12 @@ TINY = {
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    """Write the tiny synthetic config (optionally updated) and return its path."""
-    def make(update=None, name="tiny.yaml"):
+    """Write the tiny synthetic config and return its path: `update` merges into it key by key,
+    `replace` swaps whole sections (e.g. another optimizer with its own options)."""
+    def make(update=None, name="tiny.yaml", replace=None):
         from engine.config import deep_merge
         path = tmp_path / name
-        path.write_text(yaml.safe_dump(deep_merge(TINY, update or {})))
+        path.write_text(yaml.safe_dump({**deep_merge(TINY, update or {}), **(replace or {})}))
         return str(path)
     return make
 

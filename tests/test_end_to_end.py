@@ -43,8 +43,15 @@ def test_train_then_eval_via_cli(tiny_config, tmp_path):
     assert_one_line_error(proc, "already holds a run", "--resume")
 
 
-def test_resume_equals_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
-    cfg = load_config(tiny_config({"data": {"num_workers": 1}}), ["train.epochs=3"])
+LDAM_DRW_CCSAM = {"model": {"name": "resnet8", "classifier": "cosine"},
+                  "loss": {"name": "ldam", "drw_epoch": 1},
+                  "optim": {"name": "cc_sam", "lr": 0.05, "rho": 0.5, "radius": "plain"}}
+
+
+@pytest.mark.parametrize("replace", [None, LDAM_DRW_CCSAM], ids=["la-focal_sam", "ldam_drw-cc_sam"])
+def test_resume_equals_uninterrupted_run(tiny_config, tmp_path, monkeypatch, replace):
+    """Interrupted in epoch 2 (after DRW switched on at epoch 1 in the second case), resumed."""
+    cfg = load_config(tiny_config({"data": {"num_workers": 1}}, replace=replace), ["train.epochs=3"])
     full = trainer.fit(cfg, str(tmp_path / "full"))
 
     real = trainer.train_one_epoch

@@ -1,0 +1,21 @@
+"""LDAM (Cao et al. NeurIPS 2019): label-distribution-aware margins on cosine logits."""
+import torch
+import torch.nn.functional as F
+
+from losses.base import PerSampleLoss
+
+
+class LDAM(PerSampleLoss):
+    """CE on s * (z - m_y e_y): the true-class logit minus a margin m_k proportional to
+    n_k^(-1/4), scaled so that the largest margin (the rarest class) is `max_m`. The logits z
+    must be cosines (model.classifier: cosine), which the scale s = 30 then sharpens."""
+
+    def __init__(self, class_counts, max_m: float = 0.5, s: float = 30.0, reduction: str = "batch"):
+        super().__init__(class_counts, reduction)
+        m = torch.as_tensor(class_counts, dtype=torch.float64).pow(-0.25)
+        self.register_buffer("margins", (m * (max_m / m.max())).float())   # (C,)
+        self.s = s
+
+    def unweighted(self, logits, targets):
+        margin = F.one_hot(targets, logits.shape[1]).to(logits.dtype) * self.margins.to(logits.dtype)[targets, None]
+        return F.cross_entropy(self.s * (logits - margin), targets, reduction="none")

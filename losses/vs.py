@@ -1,0 +1,20 @@
+"""Vector-scaling loss (VS, Kini et al. NeurIPS 2021)."""
+import torch
+import torch.nn.functional as F
+
+from losses.base import PerSampleLoss
+
+
+class VectorScaling(PerSampleLoss):
+    """CE on z_k * (n_k / n_max)^gamma + tau * log(pi_k): a multiplicative (CDT-like) and an
+    additive (LA-like) logit adjustment. gamma = 0 gives LA with tau; tau = 0 gives CDT."""
+
+    def __init__(self, class_counts, gamma: float = 0.3, tau: float = 1.0, reduction: str = "batch"):
+        super().__init__(class_counts, reduction)
+        n = torch.as_tensor(class_counts, dtype=torch.float64)
+        self.register_buffer("scale", ((n / n.max()) ** gamma).float())      # (C,)
+        self.tau = tau
+
+    def unweighted(self, logits, targets):
+        adjusted = logits * self.scale.to(logits.dtype) + self.tau * self.log_prior.to(logits.dtype)
+        return F.cross_entropy(adjusted, targets, reduction="none")
