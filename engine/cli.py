@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import os
+import signal
 import sys
 
 from engine.config import load_config
@@ -41,15 +42,33 @@ def resolve_run(args):
     return cfg, out, False
 
 
+class Terminated(Exception):
+    """SIGTERM: torchrun stops the other ranks this way when one fails, schedulers on cancel."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def user_errors(resume_hint: str = ""):
-    """Turn UserError into one 'error: ...' line (exit 2) and Ctrl-C into a resume hint (exit 130)."""
+    """Turn UserError into one 'error: ...' line (exit 2), Ctrl-C and SIGTERM into a resume hint.
+
+    Checkpoints are written atomically, so stopping at any point keeps the last one intact.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    hint = f"; the last checkpoint is kept, continue with: python train.py --resume {resume_hint}" if resume_hint else ""
     try:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        hint = f"; continue with: python train.py --resume {resume_hint}" if resume_hint else ""
         print(f"interrupted{hint}", file=sys.stderr, flush=True)
         sys.exit(130)
+    except Terminated:
+        print(f"stopped by SIGTERM (under torchrun: another rank failed, or the job was cancelled){hint}",
+              file=sys.stderr, flush=True)
+        sys.exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

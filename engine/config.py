@@ -94,6 +94,7 @@ class TrainConfig:
     device: str = "auto"                # auto: cuda when available, else cpu
     eval_every: int = 1                 # evaluate every N epochs (the last epoch always)
     drop_last: bool = False
+    sync_bn: bool = False               # SyncBatchNorm across processes under torchrun (CUDA only)
     progress: Literal["auto", "on", "off"] = "auto"   # auto: bars only on a TTY outside CI
 
 

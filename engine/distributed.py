@@ -60,8 +60,29 @@ def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend, store=_attempt_store(rank, world, timeout), rank=rank, world_size=world,
+                                timeout=timeout)
     return DistInfo(rank, world, local_rank, device, backend)
+
+
+def _attempt_store(rank: int, world: int, timeout) -> "dist.Store":
+    """The rendezvous store, with keys prefixed by torchrun's restart count.
+
+    After `--max-restarts` restarts a worker group, the agent's store still holds the previous
+    attempt's addresses under the same keys, and the new ranks read them (seen with PyTorch 2.15:
+    gloo then dials a dead peer and the restart fails). A prefix per attempt keeps them apart.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world, is_master=(rank == 0 and not agent_serves), timeout=timeout)
+    return dist.PrefixStore(f"lt-sam/attempt_{restart_count()}", store)
+
+
+def is_communication_failure(error: BaseException) -> bool:
+    """A collective failed because a peer died or the network broke (gloo and NCCL say so in text)."""
+    markers = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out")
+    return isinstance(error, getattr(dist, "DistError", ())) or any(m in str(error) for m in markers)
 
 
 def cleanup() -> None:

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -121,11 +122,33 @@ def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
                         f"({str(e).splitlines()[0][:160]})") from None
 
 
+def _wrap_distributed(model, cfg, info):
+    """DDP around the model under torchrun (SyncBatchNorm first when asked); the model itself otherwise.
+
+    The optimizers run every pass under `no_sync()` and reduce gradients themselves (optim/base.py);
+    DDP still broadcasts rank 0's parameters at construction and its buffers before each forward.
+    """
+    if not info.distributed:
+        return model
+    if cfg.train.sync_bn:
+        if info.device.type != "cuda":
+            raise UserError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
+                            "set train.sync_bn=false")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
+
+
 def fit(cfg: Config, out_dir: str, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir` (or continue it from out_dir/last.pt); return the final report."""
     info = dist_utils.init_distributed(cfg.train.device)
     try:
         return _fit(cfg, out_dir, resume, info)
+    except RuntimeError as e:
+        if info.distributed and dist_utils.is_communication_failure(e):
+            raise UserError(f"rank {info.rank} lost contact with another rank ({str(e).splitlines()[0][:120]}); "
+                            f"the last checkpoint in {out_dir} is kept: relaunch with --resume {out_dir}, or "
+                            "give torchrun --max-restarts N to resume automatically") from None
+        raise
     finally:
         dist_utils.cleanup()
 
@@ -143,13 +166,14 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
         state = load_checkpoint(ckpt_path)
         _restore(state, model, optimizer, counts, ckpt_path)
         start_epoch, elapsed, best = state["epoch"], state["elapsed"], state.get("best_on_test")
+        if info.is_main:
+            print(f"resuming {out_dir} after epoch {start_epoch} of {cfg.train.epochs}", flush=True)
     elif info.is_main:
         os.makedirs(out_dir, exist_ok=True)
         save_config(cfg, os.path.join(out_dir, "config.yaml"))
     dist_utils.barrier()
 
-    net = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None) \
-        if info.distributed else model
+    net = _wrap_distributed(model, cfg, info)
     workers = auto_workers(cfg.data.num_workers, info)
     train_dl = train_loader(splits.train, cfg.train.batch_size, info, cfg.seed, workers, cfg.train.drop_last)
     test_dl = eval_loader(splits.test, cfg.train.eval_batch_size, info, workers)

@@ -156,7 +156,7 @@ class CCSAM(SharpnessOptimizer):
         params = [head.weight] + ([head.bias] if has_bias else [])
         scales = self._scales(grad_norms, params, classes)                                        # (K, T)
         # Local samples: class index of each within `classes`.
-        local_k = torch.searchsorted(classes, targets)
+        local_k = torch.searchsorted(classes, targets.contiguous())
         same = (targets[:, None] == y_all[None, :]).to(h.dtype)                                   # (b, B)
         coef = same * (scales[local_k, 0] / n_batch[local_k])[:, None]
         out = logits.to(h.dtype) + (coef * (h @ h_all.t())) @ delta_all

@@ -53,17 +53,15 @@ def sgd_update(params, grads, bufs, lr, momentum, weight_decay):
     return out
 
 
-def weighted_sam_reference(model, params, bufs, x, y, a, c, rho, lr, momentum, wd, perturbed=None, loss=per_sample_ce):
-    """One step of u = grad L_c(w); eps = rho u/(||u||+1e-12); g = grad L_a(w) + grad L_c(w+eps); SGD.
-
-    `model` is only used as a function (functional_call): its BN buffers may change.
-    """
+def weighted_sam_grads(model, params, x, y, a, c, rho, total, perturbed=None, loss=per_sample_ce):
+    """g = grad L_a(w) + grad L_c(w + eps), eps = rho u / (||u|| + 1e-12), u = grad L_c(w), where
+    L_v(w) = sum_i v[y_i] l_i(w) / total (total: the global batch size)."""
     names = list(params)
     perturbed = names if perturbed is None else perturbed
 
     def L(p, v):
         logits = functional_call(model, p, (x,))
-        return (v[y] * loss(logits, y)).sum() / len(y)
+        return (v[y] * loss(logits, y)).sum() / total
 
     def grad(p_values, v):
         p = {n: t.detach().clone().requires_grad_(True) for n, t in p_values.items()}
@@ -75,15 +73,19 @@ def weighted_sam_reference(model, params, bufs, x, y, a, c, rho, lr, momentum, w
     eps = {n: (rho * u[n] / (norm + 1e-12) if n in perturbed else torch.zeros_like(u[n])) for n in names}
     g_a = grad(params, a)
     g_c = grad({n: params[n] + eps[n] for n in names}, c)
-    g = {n: g_a[n] + g_c[n] for n in names}
+    return {n: g_a[n] + g_c[n] for n in names}
+
+
+def weighted_sam_reference(model, params, bufs, x, y, a, c, rho, lr, momentum, wd, perturbed=None, loss=per_sample_ce):
+    """One step on the whole batch, then SGD. `model` is only used as a function (its BN buffers may change)."""
+    g = weighted_sam_grads(model, params, x, y, a, c, rho, len(y), perturbed, loss)
     return sgd_update(params, g, bufs, lr, momentum, wd)
 
 
-def ccsam_reference(model, params, bufs, x, y, counts, rho, ratio, rule, lr, momentum, wd, scope="classifier",
-                    loss=per_sample_ce):
+def ccsam_grads(model, params, x, y, counts, rho, ratio, rule, total, scope="classifier", loss=per_sample_ce):
     """CC-SAM by brute force: a separate parameter copy per class, the official radius written out.
 
-    L = (1-r) mean_i l_i(w) + r mean_i l_i(w + eps_{y_i}), eps constant; then SGD.
+    Gradient of sum_i [(1 - r) l_i(w) + r l_i(w + eps_{y_i})] / total, eps constant.
     """
     names = list(params)
     scope_names = [n for n in names if n.startswith("classifier.")] if scope == "classifier" else names
@@ -100,7 +102,7 @@ def ccsam_reference(model, params, bufs, x, y, counts, rho, ratio, rule, lr, mom
         gk = torch.autograd.grad(clean[idx].mean(), [p[n] for n in scope_names], retain_graph=True, allow_unused=True)
         gk = [torch.zeros_like(p[n]) if g is None else g for n, g in zip(scope_names, gk)]
         moved = dict(p)
-        total = math.sqrt(sum(float((g ** 2).sum()) for g in gk))
+        norm_all = math.sqrt(sum(float((g ** 2).sum()) for g in gk))
         for n, g in zip(scope_names, gk):
             gn = float(g.norm())
             if gn == 0:
@@ -110,7 +112,7 @@ def ccsam_reference(model, params, bufs, x, y, counts, rho, ratio, rule, lr, mom
                     math.sqrt(2) * max(counts[k] - 1, 1) ** 0.25 * math.sqrt(gn))
                 eps = r * g / gn
             else:
-                eps = rho * (n_min / counts[k]) ** 0.25 * g / total
+                eps = rho * (n_min / counts[k]) ** 0.25 * g / norm_all
             moved[n] = p[n] + eps.detach()
         if scope == "classifier":
             mh = {n[len("classifier."):]: moved[n] for n in names if n.startswith("classifier.")}
@@ -118,9 +120,26 @@ def ccsam_reference(model, params, bufs, x, y, counts, rho, ratio, rule, lr, mom
         else:
             z = functional_call(model, moved, (x[idx],))
         perturbed_logits = perturbed_logits.index_put((idx,), z)
-    total_loss = ((1 - ratio) * clean + ratio * loss(perturbed_logits, y)).sum() / len(y)
+    total_loss = ((1 - ratio) * clean + ratio * loss(perturbed_logits, y)).sum() / total
     gs = torch.autograd.grad(total_loss, [p[n] for n in names], allow_unused=True)
-    return sgd_update(params, {n: g for n, g in zip(names, gs)}, bufs, lr, momentum, wd)
+    return {n: g for n, g in zip(names, gs)}
+
+
+def ccsam_reference(model, params, bufs, x, y, counts, rho, ratio, rule, lr, momentum, wd, scope="classifier",
+                    loss=per_sample_ce):
+    g = ccsam_grads(model, params, x, y, counts, rho, ratio, rule, len(y), scope, loss)
+    return sgd_update(params, g, bufs, lr, momentum, wd)
+
+
+def sum_over_shards(grad_fn, x, y, world, **kw):
+    """Per-replica ("local") reference: each shard x[r::world] perturbs along its own gradient;
+    the contributions, each normalised by the global batch size, are summed."""
+    total = {}
+    for r in range(world):
+        g = grad_fn(x=x[r::world], y=y[r::world], total=len(y), **kw)
+        for n, v in g.items():
+            total[n] = v if n not in total else total[n] + v
+    return total
 
 
 def params_of(model):

@@ -1,0 +1,40 @@
+"""The optimizer cases shared by the DDP worker and its test (same batches, same settings)."""
+import torch
+
+from optim import CCSAM, SAM, SGD, FocalSAM, ImbSAM
+
+COUNTS = [400, 120, 30, 8]
+CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam", "global"), ("cc_sam", "global"),
+         ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local")]
+KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+def make_optimizer(name, model, mode, bn_mode="update"):
+    p = model.parameters()
+    if name == "sgd":
+        return SGD(p, **KW)
+    common = dict(KW, perturbation=mode, bn_mode=bn_mode)
+    if name == "sam":
+        return SAM(p, rho=0.3, **common)
+    if name == "imbsam":
+        return ImbSAM(p, rho=0.3, eta=100, class_counts=COUNTS, **common)
+    if name == "focal_sam":
+        return FocalSAM(p, rho=0.3, gamma=2.0, lam=0.8, class_counts=COUNTS, **common)
+    return CCSAM(p, rho=0.5, ratio=0.3, radius="plain", class_counts=COUNTS, **common)
+
+
+def batches(steps=3, b=12):
+    """Global batches; rank r of W takes x[r::W]. The second batch has no tail sample (ImbSAM
+    then skips its perturbed pass on every rank, decided globally)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in range(steps):
+        x = torch.randn(b, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (b,), generator=g)
+        if s == 1:
+            y = y % 2
+        if s == 2:
+            y[1] = 3        # one tail sample, on rank 1 only
+            y[0::2] = y[0::2] % 2
+        out.append((x, y))
+    return out
