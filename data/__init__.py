@@ -3,13 +3,18 @@
 A builder returns the training and test datasets (items: (image tensor, label)), the training
 class counts and the class names.
 """
+import os
 from dataclasses import dataclass
 from typing import List
 
 from data.arrays import ArrayDataset, long_tailed_counts, long_tailed_indices
 from data.cifar import SPECS, cifar_lt
+from data.listfile import (IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD, ListDataset, project_path,
+                           read_class_names)
+from data.split_lists import class_counts, read_list
 from data.synthetic import synthetic_lt
 from data.transforms import CifarTest, CifarTrain
+from engine.errors import UserError
 from engine.registry import Component, lookup
 
 
@@ -43,19 +48,79 @@ def _synthetic(cfg, seed):
     return _in_memory(arrays, cfg.augment, seed)
 
 
+@dataclass(frozen=True)
+class ListPreset:
+    """What differs between the list datasets: normalisation, colour jitter, how to make the train list."""
+    mean: tuple
+    std: tuple
+    jitter: float
+    make_train_list: str
+
+
+LIST_PRESETS = {
+    "imagenet_lt": ListPreset(IMAGENET_MEAN, IMAGENET_STD, 0.4, "python scripts/get_imagenet_lt_list.py"),
+    "inat2018": ListPreset(INAT_MEAN, INAT_STD, 0.0, "python scripts/make_inat2018_lists.py --train-json "
+                           "train2018.json --val-json val2018.json (or --fetch)"),
+}
+
+
+def _list_path(cfg, key: str, preset: ListPreset) -> str:
+    given = getattr(cfg, key)
+    if not given:
+        raise UserError(f"set data.{key} to the split list (see configs/_base/ for the paths)")
+    path = project_path(given)
+    if not os.path.isfile(path):
+        how = f"make it with: {preset.make_train_list}" if key == "train_list" else "it ships in data_txt/"
+        raise UserError(f"data.{key} {given} not found; {how}")
+    return path
+
+
+def _train_counts(cfg, preset: ListPreset) -> List[int]:
+    path = _list_path(cfg, "train_list", preset)
+    counts = class_counts(read_list(path, cfg.num_classes)[1], cfg.num_classes)
+    empty = [k for k, n in enumerate(counts) if n == 0]
+    if empty:
+        raise UserError(f"{path}: class {empty[0]} has no training image ({len(empty)} empty classes); "
+                        f"check data.num_classes={cfg.num_classes}")
+    return counts
+
+
+def _list_dataset(name: str):
+    def build(cfg, seed):
+        preset = LIST_PRESETS[name]
+        counts = _train_counts(cfg, preset)
+        if not os.path.isdir(cfg.root):
+            raise UserError(f"data.root={cfg.root} is not a folder: put the {name} images there "
+                            "(README, 'Large datasets') or set data.root")
+        make = lambda key, train: ListDataset(cfg.root, _list_path(cfg, key, preset), cfg.num_classes, train,
+                                              cfg.image_size, preset.mean, preset.std, preset.jitter if train else 0.0,
+                                              cfg.decode, seed)
+        train, test = make("train_list", True), make("test_list", False)
+        if cfg.check_files:
+            train.check_files()
+            test.check_files()
+        return DataSplits(train, test, counts, read_class_names(cfg.class_names, cfg.num_classes))
+    return build
+
+
+_LIST_OPTIONS = ("num_classes", "image_size", "train_list", "test_list", "class_names", "decode", "check_files")
+
 DATASETS = {
     "cifar10_lt": Component(_cifar("cifar10"), uses=("download", "imb_factor")),
     "cifar100_lt": Component(_cifar("cifar100"), uses=("download", "imb_factor")),
     "synthetic": Component(_synthetic, uses=("imb_factor", "num_classes", "image_size", "max_per_class",
                                              "test_per_class")),
+    "imagenet_lt": Component(_list_dataset("imagenet_lt"), uses=_LIST_OPTIONS),
+    "inat2018": Component(_list_dataset("inat2018"), uses=_LIST_OPTIONS),
 }
-
 
 # The training class counts without loading any image (benchmarks, table scripts).
 CLASS_COUNTS = {
     "cifar10_lt": lambda cfg: long_tailed_counts(SPECS["cifar10"]["n_max"], SPECS["cifar10"]["num_classes"], cfg.imb_factor),
     "cifar100_lt": lambda cfg: long_tailed_counts(SPECS["cifar100"]["n_max"], SPECS["cifar100"]["num_classes"], cfg.imb_factor),
     "synthetic": lambda cfg: long_tailed_counts(cfg.max_per_class, cfg.num_classes, cfg.imb_factor),
+    "imagenet_lt": lambda cfg: _train_counts(cfg, LIST_PRESETS["imagenet_lt"]),
+    "inat2018": lambda cfg: _train_counts(cfg, LIST_PRESETS["inat2018"]),
 }
 
 

@@ -4,18 +4,30 @@ import torch
 from torch.utils.data import Dataset
 
 
-class ArrayDataset(Dataset):
+class SharedEpoch:
+    """The epoch index in shared memory, so that persistent loader workers see set_epoch."""
+
+    def __init__(self):
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+
+class ArrayDataset(Dataset, SharedEpoch):
     """Images (N, H, W, 3) uint8 and labels (N,); sample i of epoch e is augmented with a
     generator seeded by (seed, e, i), independent of workers, ranks and visiting order."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform, seed: int = 0):
+        SharedEpoch.__init__(self)
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
-        self.transform, self.seed, self.epoch = transform, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
         return len(self.labels)

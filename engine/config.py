@@ -38,17 +38,27 @@ class DataConfig:
     num_workers: int = -1               # DataLoader workers per process; -1: from the CPU count
     head_threshold: float = 100.0       # head: n_k > head_threshold (training count)
     tail_threshold: float = 20.0        # tail: n_k < tail_threshold; medium: the rest
+    pin_memory: bool = True             # page-locked batches for faster host-to-GPU copies (CUDA only)
+    persistent_workers: bool = True     # keep loader workers between epochs (num_workers > 0)
+    prefetch_factor: int = 2            # batches each worker prepares ahead (num_workers > 0)
+    num_classes: int = option(10)       # synthetic: classes made; list datasets: labels must be < this
+    image_size: int = option(16)        # synthetic: image side; list datasets: crop fed to the network (224)
     # synthetic: a deterministic long-tailed set of small random images for smoke runs and tests
-    num_classes: int = option(10)
-    image_size: int = option(16)        # pixels per side
     max_per_class: int = option(100)    # n_0, the head class's training count
     test_per_class: int = option(10)
+    # list datasets (ImageNet-LT, iNaturalist 2018): paths relative to the repository unless absolute
+    train_list: str = option("")        # e.g. data_txt/ImageNet_LT/ImageNet_LT_train.txt
+    test_list: str = option("")
+    class_names: str = option("")       # classnames.txt / categories.json (reports only)
+    decode: Literal["pil", "torchvision", "device"] = option("pil")   # where images are decoded (data/listfile.py)
+    check_files: bool = option(False)   # check that every listed image exists before training
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet32"
     classifier: Literal["linear", "cosine"] = "linear"   # cosine: LDAM's normalised head
+    channels_last: bool = False         # NHWC memory format (faster convolutions on recent GPUs)
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,10 @@ def coerce(value, tp, path: str):
             return None
         return coerce(value, [a for a in args if a is not type(None)][0], path)
     if origin is Literal:
-        if value in args:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans: take the word back
+            words = ("on", "true", "yes") if value else ("off", "false", "no")
+            value = next((w for w in words if w in args), value)
+        if value in args and not isinstance(value, bool):
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -282,6 +295,8 @@ def check_combinations(cfg: Config) -> None:
         last = epoch
     if cfg.optim.rho < 0:
         raise ConfigError("optim.rho", f"must be >= 0, got {cfg.optim.rho}")
+    if cfg.data.prefetch_factor < 1:
+        raise ConfigError("data.prefetch_factor", f"must be >= 1, got {cfg.data.prefetch_factor}")
     if cfg.data.head_threshold < cfg.data.tail_threshold:
         raise ConfigError("data.head_threshold", f"{cfg.data.head_threshold} is below "
                           f"data.tail_threshold={cfg.data.tail_threshold}")

@@ -6,7 +6,18 @@ status 2, never as a traceback. Internal bugs keep their tracebacks.
 
 
 class UserError(Exception):
-    """A problem the user can fix (bad config, missing data, corrupt checkpoint)."""
+    """A problem the user can fix (bad config, missing data, corrupt checkpoint).
+
+    Raised inside a DataLoader worker, it reaches the main process re-built from the worker's
+    whole traceback text; the constructor keeps only the original one-line message then.
+    """
+
+    def __init__(self, message: str = ""):
+        text = str(message)
+        if text.startswith("Caught ") and "Original Traceback" in text:
+            last = text.rstrip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(text)
 
 
 class ConfigError(UserError):
@@ -14,4 +25,4 @@ class ConfigError(UserError):
 
     def __init__(self, path: str, message: str):
         self.path = path
-        super().__init__(f"config error: {path}: {message}" if path else f"config error: {message}")
+        Exception.__init__(self, f"config error: {path}: {message}" if path else f"config error: {message}")

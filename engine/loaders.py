@@ -22,7 +22,27 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class DeviceStageLoader:
+    """A DataLoader whose batches are finished on the training device by the dataset's
+    `device_stage` (decode + augment on the GPU); iterates like the loader it wraps."""
+
+    def __init__(self, loader: DataLoader, stage, device: torch.device):
+        self.loader, self.stage, self.device = loader, stage, device
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.stage(batch, self.device)
+
+
 def auto_workers(requested: int, info: DistInfo) -> int:
+    """-1: the CPUs of this node shared among its processes, one left for the main loop, at most 8."""
     if requested >= 0:
         return requested
     local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -36,17 +56,26 @@ def per_process_batch(global_batch: int, info: DistInfo, key: str) -> int:
     return global_batch // info.world_size
 
 
-def train_loader(dataset, global_batch: int, info: DistInfo, seed: int, workers: int, drop_last: bool):
+def _make(dataset, batch: int, sampler, info: DistInfo, data_cfg, drop_last: bool = False):
+    workers = auto_workers(data_cfg.num_workers, info)
+    extra = dict(persistent_workers=data_cfg.persistent_workers, prefetch_factor=data_cfg.prefetch_factor) \
+        if workers > 0 else {}
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                        pin_memory=data_cfg.pin_memory and info.device.type == "cuda",
+                        collate_fn=getattr(dataset, "collate", None), **extra)
+    stage = getattr(dataset, "device_stage", None)
+    return DeviceStageLoader(loader, stage, info.device) if stage is not None else loader
+
+
+def train_loader(dataset, global_batch: int, info: DistInfo, seed: int, data_cfg, drop_last: bool):
     """Shuffled by (seed, epoch) through DistributedSampler (also with one process), so a resumed
     run visits the same batches; call `loader.sampler.set_epoch(e)` each epoch."""
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=seed, drop_last=drop_last)
-    return DataLoader(dataset, batch_size=per_process_batch(global_batch, info, "train.batch_size"),
-                      sampler=sampler, num_workers=workers, pin_memory=info.device.type == "cuda",
-                      drop_last=drop_last)
+    return _make(dataset, per_process_batch(global_batch, info, "train.batch_size"), sampler, info, data_cfg,
+                 drop_last)
 
 
-def eval_loader(dataset, global_batch: int, info: DistInfo, workers: int):
-    return DataLoader(dataset, batch_size=max(1, global_batch // info.world_size),
-                      sampler=ShardSampler(len(dataset), info.rank, info.world_size),
-                      num_workers=workers, pin_memory=info.device.type == "cuda")
+def eval_loader(dataset, global_batch: int, info: DistInfo, data_cfg):
+    return _make(dataset, max(1, global_batch // info.world_size),
+                 ShardSampler(len(dataset), info.rank, info.world_size), info, data_cfg)

@@ -18,7 +18,7 @@ from engine import distributed as dist_utils
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, config_to_dict, save_config
 from engine.errors import UserError
-from engine.loaders import auto_workers, eval_loader, train_loader
+from engine.loaders import eval_loader, train_loader
 from engine.metrics import summarize
 from engine.report import RunWriter, git_revision, write_json
 from engine.schedule import EpochSchedule
@@ -174,9 +174,8 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
     dist_utils.barrier()
 
     net = _wrap_distributed(model, cfg, info)
-    workers = auto_workers(cfg.data.num_workers, info)
-    train_dl = train_loader(splits.train, cfg.train.batch_size, info, cfg.seed, workers, cfg.train.drop_last)
-    test_dl = eval_loader(splits.test, cfg.train.eval_batch_size, info, workers)
+    train_dl = train_loader(splits.train, cfg.train.batch_size, info, cfg.seed, cfg.data, cfg.train.drop_last)
+    test_dl = eval_loader(splits.test, cfg.train.eval_batch_size, info, cfg.data)
     schedule = EpochSchedule(cfg, counts, uses_rho="rho" in OPTIMIZERS[cfg.optim.name].uses)
     writer = RunWriter(out_dir, start_epoch, info.is_main)
     report = None
@@ -246,7 +245,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
         except (RuntimeError, KeyError) as e:
             raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' with {splits.num_classes} "
                             f"classes ({str(e).splitlines()[0][:160]})") from None
-        loader = eval_loader(splits.test, cfg.train.eval_batch_size, info, auto_workers(cfg.data.num_workers, info))
+        loader = eval_loader(splits.test, cfg.train.eval_batch_size, info, cfg.data)
         report = evaluate(model, loader, info, splits.class_counts, cfg.data, cfg.train.amp)
         report.update(class_counts=splits.class_counts, class_names=splits.class_names, checkpoint=os.path.abspath(checkpoint),
                       epochs_trained=state.get("epoch"), git_revision=git_revision(),

@@ -26,14 +26,21 @@ def build_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """Base of every model here: `forward_features` -> (B, D), then `self.classifier`."""
+    """Base of every model here: `forward_features` -> (B, D), then `self.classifier`.
+
+    With `channels_last` set (models.build_model does it, with the weights), inputs are turned
+    NHWC on the way in, so callers need not know the memory format.
+    """
 
     classifier: nn.Module
+    channels_last: bool = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = self.forward_features(x)
         logits = self.classifier(feats)
         return (feats, logits) if return_features else logits

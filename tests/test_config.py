@@ -50,6 +50,9 @@ def test_overrides_are_typed(base):
     assert cfg.optim.rho_milestones == ((3, 0.2), (6, 0.4))
     assert cfg.train.amp == "bf16" and cfg.data.augment is False
     assert load_config(path, ["train.max_steps_per_epoch=null"]).train.max_steps_per_epoch is None
+    # YAML 1.1 reads off / on as booleans: a word-valued option still gets its word.
+    assert load_config(path, ["train.progress=off"]).train.progress == "off"
+    assert load_config(path, ["train.progress=on"]).train.progress == "on"
 
 
 def test_saved_config_reloads_identically(base, tmp_path):
