@@ -50,7 +50,8 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
     """One pass over the (sharded) training set; returns the epoch's mean loss and accuracy (%)."""
     model.train()
     steps = len(loader) if cfg_train.max_steps_per_epoch is None else min(len(loader), cfg_train.max_steps_per_epoch)
-    totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss sum, correct, samples
+    totals = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, correct (on device: no sync)
+    seen = 0
     bar = None
     if progress_enabled(cfg_train.progress, info):
         from tqdm import tqdm
@@ -62,10 +63,10 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
         loss, logits = optimizer.step(model, images, targets, criterion)
-        totals += torch.stack([loss.double() * len(targets), (logits.argmax(1) == targets).sum().double(),
-                               torch.tensor(float(len(targets)), dtype=torch.float64, device=info.device)])
+        totals += torch.stack([loss.double() * len(targets), (logits.argmax(1) == targets).sum().double()])
+        seen += len(targets)
         if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-            loss_sum, _, seen = totals.tolist()
+            loss_sum = totals[0].item()
             if not math.isfinite(loss_sum):
                 raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}; "
                                     f"{checkpoint_note}; lower optim.lr or optim.rho, or use train.amp=none/bf16")
@@ -75,6 +76,7 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     if bar is not None:
         bar.close()
+    totals = torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64, device=info.device)])
     if info.distributed:
         dist_utils.all_reduce_sum_([totals])
     loss_sum, correct, seen = totals.tolist()

@@ -105,3 +105,24 @@ def test_bad_inputs_give_one_line(tiny_config, tmp_path):
     assert_one_line_error(run_cli("eval.py", "--checkpoint", str(tmp_path / "nope.pt"), "--config", tiny_config()),
                           "checkpoint not found")
     assert_one_line_error(run_cli("train.py", "--config", str(tmp_path / "missing.yaml")), "config file not found")
+
+
+def test_non_finite_loss_stops_with_the_step_range_and_keeps_the_checkpoint(tiny_config, tmp_path, monkeypatch):
+    real_build = trainer.build_loss
+
+    def poisoned(cfg, counts):
+        loss = real_build(cfg, counts)
+        calls = {"n": 0}
+
+        def forward(logits, targets):
+            calls["n"] += 1
+            out = loss(logits, targets)
+            return out * float("nan") if calls["n"] > 8 else out   # epoch 0 (4 steps x 2 passes) is clean
+        return type("Poisoned", (), {"__call__": staticmethod(forward), "to": lambda self, d: self,
+                                     "set_class_weight": staticmethod(loss.set_class_weight)})()
+    monkeypatch.setattr(trainer, "build_loss", poisoned)
+    cfg = load_config(tiny_config(), ["train.epochs=3"])
+    with pytest.raises(trainer.NonFiniteLoss, match=r"non-finite training loss in epoch 1, steps 0-3; the last good "
+                                                    r"checkpoint is .*last.pt \(epoch 1\)"):
+        trainer.fit(cfg, str(tmp_path / "nan"))
+    assert torch.load(tmp_path / "nan" / "last.pt", weights_only=True)["epoch"] == 1
