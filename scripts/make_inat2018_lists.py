@@ -3,6 +3,7 @@
 
     python scripts/make_inat2018_lists.py --train-json train2018.json --val-json val2018.json
     python scripts/make_inat2018_lists.py --fetch        # download the public lists instead
+    python scripts/make_inat2018_lists.py --check        # check lists copied by hand into --out-dir
     python scripts/make_inat2018_lists.py --val-json small.json --skip-official-checks --out-dir /tmp/lists
 
 The annotation files are COCO style: `images` [{id, file_name}], `annotations` [{image_id,
@@ -26,7 +27,8 @@ sys.path.insert(0, ROOT)
 
 from data.download import fetch_text, write_atomic                     # noqa: E402
 from data.split_lists import (INAT2018_TRAIN, INAT2018_VAL, Expected,   # noqa: E402
-                              check_relative, check_split, first_difference, format_list, parse_list, summary)
+                              check_relative, check_split, first_difference, format_list, parse_list,
+                              read_list, summary)
 from engine.errors import UserError                                      # noqa: E402
 
 TRAIN, VAL = "iNaturalist18_train.txt", "iNaturalist18_val.txt"
@@ -131,6 +133,18 @@ def lists_from_fetch(timeout: float, official: bool) -> Dict[str, Built]:
     return lists
 
 
+def lists_on_disk(out_dir: str, official: bool) -> Dict[str, Built]:
+    """The lists already in `out_dir` (copied by hand): the train list, and the val list if there."""
+    lists = {}
+    for name in (TRAIN, VAL):
+        path = os.path.join(out_dir, name)
+        if name == TRAIN and not os.path.isfile(path):
+            raise UserError(f"{path} not found; copy {TRAIN} there by hand, or make it with --train-json or --fetch")
+        if os.path.isfile(path):
+            lists[name] = Built(*read_list(path, EXPECTED[name].classes if official else None), path)
+    return lists
+
+
 def compare_with_shipped(val: Built, shipped: str) -> None:
     """Refuse a val list that differs from the shipped one; the message names the first line."""
     if not os.path.isfile(shipped):
@@ -166,6 +180,8 @@ def parse_args(argv):
     parser.add_argument("--val-json", help="iNaturalist 2018 val2018.json")
     parser.add_argument("--fetch", action="store_true",
                         help="download the public train and val lists (classifier-balancing) instead of converting")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the lists already in --out-dir (copied by hand); nothing is written")
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
                         help=f"where to write the lists (default: {DEFAULT_OUT_DIR})")
     parser.add_argument("--skip-official-checks", action="store_true",
@@ -178,14 +194,24 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def gather(args, official: bool) -> Dict[str, Built]:
+    """The lists from the one source asked for: annotation files, the download, or --out-dir."""
+    converting = bool(args.train_json or args.val_json)
+    if args.fetch + args.check + converting > 1:
+        raise UserError("choose one of --train-json/--val-json (convert), --fetch (download) and --check")
+    if args.fetch:
+        return lists_from_fetch(args.timeout, official)
+    if args.check:
+        return lists_on_disk(args.out_dir, official)
+    if not converting:
+        raise UserError("give --train-json and/or --val-json (iNaturalist 2018 annotation files), --fetch or --check")
+    return lists_from_json(args.train_json, args.val_json)
+
+
 def build(args) -> Tuple[Dict[str, Built], Optional[str]]:
     """-> (the lists asked for, all checked; the shipped val list they were compared with)."""
     official = not args.skip_official_checks
-    if args.fetch and (args.train_json or args.val_json):
-        raise UserError("--fetch downloads the lists; drop --train-json/--val-json, or drop --fetch to convert them")
-    if not (args.fetch or args.train_json or args.val_json):
-        raise UserError("give --train-json and/or --val-json (iNaturalist 2018 annotation files), or --fetch")
-    lists = lists_from_fetch(args.timeout, official) if args.fetch else lists_from_json(args.train_json, args.val_json)
+    lists = gather(args, official)
     for name, built in lists.items():
         check_split(built.paths, built.labels, EXPECTED[name] if official else Expected(), built.source)
     shipped = shipped_to_compare(args.shipped_val, official, os.path.join(args.out_dir, VAL))
@@ -194,18 +220,22 @@ def build(args) -> Tuple[Dict[str, Built], Optional[str]]:
     return lists, shipped
 
 
+def save(name: str, built: Built, out: str, shipped: Optional[str]) -> str:
+    """Write one checked list to `out`; -> the line to print."""
+    if name == VAL and shipped and os.path.isfile(out) and os.path.samefile(out, shipped):
+        # Equal line for line (checked in build); rewriting would only change its CRLF line ends.
+        return f"kept {out}: the new val list equals it line for line"
+    write_atomic(out, built.text if built.text is not None else format_list(built.paths, built.labels))
+    return f"wrote {out}: {summary(built.labels)}, from {built.source}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         lists, shipped = build(args)
         for name, built in lists.items():
             out = os.path.join(args.out_dir, name)
-            if name == VAL and shipped and os.path.isfile(out) and os.path.samefile(out, shipped):
-                # Equal line for line (checked above); rewriting would only change its CRLF line ends.
-                print(f"kept {out}: the new val list equals it line for line")
-                continue
-            write_atomic(out, built.text if built.text is not None else format_list(built.paths, built.labels))
-            print(f"wrote {out}: {summary(built.labels)}, from {built.source}")
+            print(f"ok: {out}: {summary(built.labels)}" if args.check else save(name, built, out, shipped))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -325,6 +325,24 @@ def test_val_equal_to_the_file_it_would_replace_is_left_as_it_is(inat_files, cap
     assert read(shipped) == VAL_LINES.replace("\n", "\r\n") and "kept" in proc.stdout
 
 
+def test_check_of_lists_copied_by_hand(tmp_path, capsys):
+    folder = tmp_path / "lists"
+    os.makedirs(folder)
+    write(folder, "iNaturalist18_train.txt", TRAIN_LINES.replace("\n", "\r\n"))
+    write(folder, "iNaturalist18_val.txt", VAL_LINES)
+    shipped = write(tmp_path, "shipped.txt", VAL_LINES)
+    argv = ["--check", "--out-dir", str(folder), "--skip-official-checks", "--shipped-val", shipped]
+    proc = run_main(inat, argv, capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"ok: {folder}/iNaturalist18_train.txt: 4 images, 3 classes, 2 to 1 per class\n"
+                           f"ok: {folder}/iNaturalist18_val.txt: 2 images, 2 classes, 1 to 1 per class\n")
+    assert read(folder / "iNaturalist18_train.txt") == TRAIN_LINES.replace("\n", "\r\n")  # not rewritten
+
+    write(folder, "iNaturalist18_train.txt", TRAIN_LINES)
+    proc = run_main(inat, ["--check", "--out-dir", str(folder), "--shipped-val", shipped], capsys)
+    assert_one_line_error(proc, "iNaturalist18_train.txt has 4 images, expected 437,513")
+
+
 def test_first_difference_by_hand():
     assert first_difference(["a 0", "b 1"], ["a 0", "b 1"]) is None
     assert first_difference(["a 0", "b 1"], ["a 0", "b 2"]) == 2
@@ -439,7 +457,9 @@ def test_cli_inat_bad_annotations_are_one_line(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     ([], "give --train-json and/or --val-json"),
-    (["--fetch", "--val-json", "val2018.json"], "--fetch downloads the lists; drop --train-json/--val-json"),
+    (["--fetch", "--val-json", "val2018.json"], "choose one of --train-json/--val-json (convert), --fetch"),
+    (["--check", "--fetch"], "choose one of"),
+    (["--check"], "iNaturalist18_train.txt not found; copy iNaturalist18_train.txt there by hand"),
 ])
 def test_inat_argument_mistakes_are_one_line(tmp_path, capsys, argv, message):
     proc = run_main(inat, argv + ["--out-dir", str(tmp_path / "out")], capsys)
