@@ -155,9 +155,17 @@ def deep_merge(base: dict, top: dict) -> dict:
 
 
 def apply_overrides(tree: dict, overrides: list) -> dict:
-    """Apply `a.b=value` strings; values are parsed as YAML (typed later by the schema)."""
+    """Apply `a.b=value` strings; values are parsed as YAML (typed later by the schema).
+
+    `~a.b` (no value) removes a key so that it falls back to its default: a run that swaps the
+    component (e.g. `data.name=synthetic` on an ImageNet-LT config) can drop the options that
+    only the old component reads, which validation would otherwise reject.
+    """
     tree = deep_merge({}, tree)
     for item in overrides or []:
+        if item.startswith("~"):
+            _remove_key(tree, item[1:].strip(), item)
+            continue
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("--set", f"expected KEY=VALUE, got '{item}'")
@@ -173,6 +181,17 @@ def apply_overrides(tree: dict, overrides: list) -> dict:
                 raise ConfigError(key, "is not a section")
         node[parts[-1]] = value
     return tree
+
+
+def _remove_key(tree: dict, key: str, item: str) -> None:
+    node, parts = tree, key.split(".")
+    if "=" in key or not all(parts):
+        raise ConfigError("--set", f"expected ~KEY (remove a key), got '{item}'")
+    for part in parts[:-1]:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            raise ConfigError(key, f"'{item}' names no section of the config")
+    node.pop(parts[-1], None)  # absent already: nothing to remove, the default applies
 
 
 # ----------------------------------------------------------------------------- typing values

@@ -55,6 +55,20 @@ def test_overrides_are_typed(base):
     assert load_config(path, ["train.progress=on"]).train.progress == "on"
 
 
+def test_tilde_removes_a_key_so_that_a_swapped_component_validates(base):
+    path = write(base / "row.yaml", {"inherit": "_base/a.yaml",
+                                     "data": {"name": "imagenet_lt", "train_list": "t.txt", "num_classes": 5}})
+    with pytest.raises(ConfigError, match="data.train_list: is not used by dataset 'synthetic'"):
+        load_config(path, ["data.name=synthetic"])
+    cfg = load_config(path, ["data.name=synthetic", "~data.train_list", "~data.test_list"])  # absent: no-op
+    assert cfg.data.name == "synthetic" and cfg.data.train_list == "" and cfg.data.num_classes == 5
+    assert load_config(path, ["~optim.lr"]).optim.lr == Config().optim.lr     # back to the default
+    with pytest.raises(ConfigError, match="names no section"):
+        load_config(path, ["~nosuch.key"])
+    with pytest.raises(ConfigError, match="expected ~KEY"):
+        load_config(path, ["~optim.lr=0.1"])
+
+
 def test_saved_config_reloads_identically(base, tmp_path):
     path = write(base / "row.yaml", {"inherit": "_base/a.yaml", "optim": {"name": "imbsam", "eta": 20}})
     cfg = load_config(path)
