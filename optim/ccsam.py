@@ -21,7 +21,8 @@ here (not over classes). Radius rules (`radius`):
 
 The official configs use rho ("noise_ratio") = 1e-6, a negligible perturbation; their stage 1 is
 in effect mixup training, and their stage 2 (class-aware sampler, feature noise) and best-on-test
-selection are not part of this optimizer. See README, "Differences from the official code".
+selection are not part of this optimizer. See docs/reproduce.md, "Known differences from the
+official code".
 
 For a linear head and the classifier scope the whole step is vectorised in closed form: with
 delta_i = dl_i/dz_i, g_kW = (1/n_k) sum_{j in k} delta_j h_j^T, so the perturbed logits are

@@ -1,0 +1,193 @@
+"""Run many training runs, a few at a time per GPU, so that a paper table fills over several sittings.
+
+A run's folder says where it stands: final.json -> done (skipped), last.pt -> half-finished
+(resumed with `train.py --resume`), FAILED -> the last attempt failed (tried again). Each attempt
+appends its output to <run>/train.log; a failure writes <run>/FAILED with the exit status and
+the last line of that log, and never stops the other runs.
+"""
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from repro.spec import ROOT, Run
+
+FAILED = "FAILED"
+LOG = "train.log"
+COMMAND = "command.json"
+
+
+def run_state(folder: str, done_file: str = "final.json") -> str:
+    if os.path.isfile(os.path.join(folder, done_file)):
+        return "done"
+    if os.path.isfile(os.path.join(folder, "last.pt")):
+        return "resume"
+    if os.path.isfile(os.path.join(folder, FAILED)):
+        return "retry"
+    return "new"
+
+
+def data_root_set(config: str, data_root: str) -> str:
+    """--set data.root for DATA_ROOT: the configs' roots all start with `data` (data/,
+    data/ImageNet_LT, data/iNaturalist); DATA_ROOT takes the place of that first `data`."""
+    from engine.config import load_config
+    root = load_config(os.path.join(ROOT, config)).data.root
+    rel = os.path.relpath(root, "data")
+    return "data.root=" + (data_root if rel == "." else os.path.join(data_root, rel))
+
+
+def command(run: Run, folder: str, resume: bool = False, python: str = sys.executable,
+            bench_args: Sequence[str] = ()) -> List[str]:
+    if run.kind == "bench":
+        dataset = os.path.basename(run.config)
+        return [python, os.path.join(ROOT, "scripts", "bench_step.py"), "--dataset", dataset,
+                "--json", os.path.join(folder, run.done_file), *bench_args] + \
+            [a for s in run.sets for a in ("--set", s)]
+    if run.procs > 1:
+        head = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.procs}"]
+    else:
+        head = [python]
+    head.append(os.path.join(ROOT, "train.py"))
+    if resume:
+        return head + ["--resume", folder]
+    sets = [f"seed={run.seed}", *run.sets]
+    return head + ["--config", os.path.join(ROOT, run.config), "--out", folder] + \
+        [a for s in sets for a in ("--set", s)]
+
+
+@dataclasses.dataclass
+class Slots:
+    """Devices and how many runs each holds at once. A run of n > 1 processes takes n whole
+    devices (torchrun, one process per GPU); a one-process run takes one place on one device."""
+    devices: List[str]                 # GPU ids, or ["cpu"]
+    per_device: int
+    load: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.load = {d: 0 for d in self.devices}
+
+    def take(self, procs: int) -> Optional[List[str]]:
+        if procs == 1:
+            free = [d for d in self.devices if self.load[d] < self.per_device]
+            if not free:
+                return None
+            d = min(free, key=lambda x: self.load[x])
+            self.load[d] += 1
+            return [d]
+        if self.devices == ["cpu"]:
+            picked = ["cpu"] if self.load["cpu"] == 0 else None
+        else:
+            idle = [d for d in self.devices if self.load[d] == 0]
+            picked = idle[:procs] if len(idle) >= procs else None
+        if picked:
+            for d in picked:
+                self.load[d] = self.per_device
+        return picked
+
+    def give(self, devices: List[str], procs: int) -> None:
+        for d in devices:
+            self.load[d] = 0 if procs > 1 else self.load[d] - 1
+
+    def fits(self, procs: int) -> bool:
+        return procs == 1 or self.devices == ["cpu"] or procs <= len(self.devices)
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f.read().splitlines()[-200:] if l.strip()]
+    except OSError:
+        return ""
+    errors = [l for l in lines if l.startswith("error:") or "Error" in l]
+    return (errors or lines or [""])[-1][:300]
+
+
+def _launch(run: Run, folder: str, cmd: List[str], devices: List[str]) -> subprocess.Popen:
+    os.makedirs(folder, exist_ok=True)
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = "" if devices == ["cpu"] else ",".join(devices)
+    try:
+        os.remove(os.path.join(folder, FAILED))
+    except FileNotFoundError:
+        pass
+    with open(os.path.join(folder, COMMAND), "w") as f:
+        json.dump({"argv": cmd, "devices": devices}, f)
+    log = open(os.path.join(folder, LOG), "a")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} devices={','.join(devices)}: {shlex.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    proc.log_file = log
+    return proc
+
+
+def execute(runs: List[Run], out_root: str, slots: Slots, say=print, poll: float = 0.5,
+            bench_args: Sequence[str] = ()) -> Dict[str, List[str]]:
+    """Run what is not done yet; -> {'done', 'skipped', 'failed'} lists of run keys."""
+    result = {"done": [], "skipped": [], "failed": []}
+    pending = []
+    for run in runs:
+        folder = os.path.join(out_root, run.key)
+        if run_state(folder, run.done_file) == "done":
+            result["skipped"].append(run.key)
+        elif not slots.fits(run.procs):
+            _fail(folder, f"needs {run.procs} GPUs at once, GPUS lists {len(slots.devices)}; "
+                          f"list more GPUS or set PROCS_PER_RUN", result, run, say)
+        else:
+            pending.append(run)
+    say(f"{len(runs)} runs: {len(result['skipped'])} done already, {len(pending)} to run "
+        f"on {','.join(slots.devices)} ({slots.per_device} per device)")
+    running = []  # (proc, run, devices, started)
+    try:
+        while pending or running:
+            i = 0
+            while i < len(pending):
+                devices = slots.take(pending[i].procs)
+                if devices is None:
+                    i += 1
+                    continue
+                run = pending.pop(i)
+                folder = os.path.join(out_root, run.key)
+                resume = run_state(folder, run.done_file) == "resume"
+                cmd = command(run, folder, resume, bench_args=bench_args)
+                say(f"[start{' resume' if resume else ''}] {run.key} on {','.join(devices)}")
+                running.append((_launch(run, folder, cmd, devices), run, devices, time.time()))
+            time.sleep(poll)
+            for item in list(running):
+                proc, run, devices, started = item
+                if proc.poll() is None:
+                    continue
+                running.remove(item)
+                proc.log_file.close()
+                slots.give(devices, run.procs)
+                folder = os.path.join(out_root, run.key)
+                minutes = (time.time() - started) / 60
+                if proc.returncode == 0 and run_state(folder, run.done_file) == "done":
+                    result["done"].append(run.key)
+                    say(f"[done] {run.key} ({minutes:.1f} min)")
+                else:
+                    line = _last_line(os.path.join(folder, LOG))
+                    _fail(folder, f"exit {proc.returncode}: {line}", result, run, say)
+    except KeyboardInterrupt:
+        for proc, run, _, _ in running:
+            proc.terminate()  # the trainer keeps its last checkpoint; the next sitting resumes it
+        for proc, _, _, _ in running:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        say(f"interrupted: {len(running)} runs stopped, {len(pending)} not started; "
+            "run the same command again to resume them")
+        raise
+    return result
+
+
+def _fail(folder, message, result, run, say):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, FAILED), "w") as f:
+        f.write(message + "\n")
+    result["failed"].append(run.key)
+    say(f"[failed] {run.key}: {message}")

@@ -1,0 +1,22 @@
+# Sourced by scripts/table*.sh after they set TABLE and their variables: runs the table's runs
+# (scripts/run_table.py), then prints it beside the paper's numbers (scripts/make_tables.py).
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+SMOKE=${SMOKE:-0}
+DRY_RUN=${DRY_RUN:-0}
+if [ "$SMOKE" = 1 ] && [ "$OUT_ROOT" = runs/tables ]; then
+  OUT_ROOT=runs/tables-smoke   # synthetic runs never land beside real ones
+fi
+args=(--table "$TABLE" --out-root "$OUT_ROOT" --seeds "$SEEDS" --gpus "$GPUS")
+[ -n "${DATA_ROOT:-}" ] && args+=(--data-root "$DATA_ROOT")
+[ -n "${RUNS_PER_GPU:-}" ] && args+=(--runs-per-gpu "$RUNS_PER_GPU")
+[ -n "${PROCS_PER_RUN:-}" ] && args+=(--procs-per-run "$PROCS_PER_RUN")
+[ "$SMOKE" = 1 ] && args+=(--smoke)
+if [ "$DRY_RUN" = 1 ]; then
+  exec "$PYTHON" scripts/run_table.py "${args[@]}" --dry-run
+fi
+"$PYTHON" scripts/run_table.py "${args[@]}"
+status=$?
+[ "$status" = 130 ] && exit 130  # Ctrl-C: stop here; the same command resumes
+"$PYTHON" scripts/make_tables.py --table "$TABLE" --out-root "$OUT_ROOT" --seeds "$SEEDS" || status=$?
+exit "$status"

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Run the runs of one paper table (repro/tables.yaml); called by scripts/table*.sh.
+
+    python scripts/run_table.py --table 5 --dry-run              # list the runs and their state
+    python scripts/run_table.py --table 5 --seeds "0 1 2" --gpus "0 1" --runs-per-gpu 4
+    python scripts/run_table.py --table 2 --smoke --seeds 0      # synthetic data, 2 tiny epochs
+
+Finished runs are skipped and half-finished ones resumed, so a table fills over several sittings;
+a failed run is reported at the end (exit 1) and does not stop the others. Then
+`python scripts/make_tables.py --table N` prints the table beside the paper's numbers.
+"""
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine.cli import user_errors                                  # noqa: E402
+from repro import runner, spec                                      # noqa: E402
+
+
+def detect_gpus(text: str) -> list:
+    text = (text or "all").replace(",", " ").strip()
+    if text == "cpu":
+        return ["cpu"]
+    if text != "all":
+        return text.split()
+    import torch
+    n = torch.cuda.device_count()
+    return [str(i) for i in range(n)] if n else ["cpu"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", required=True, help="table id in repro/tables.yaml: 1, 2, 3, 5, 6, 8-10")
+    ap.add_argument("--out-root", default=None, help="runs/tables (runs/tables-smoke with --smoke)")
+    ap.add_argument("--data-root", default="", help="folder holding the datasets; replaces the leading "
+                                                    "'data' of each config's data.root")
+    ap.add_argument("--seeds", default="0 1 2")
+    ap.add_argument("--gpus", default="all", help="'all' (every visible GPU, else the CPU), 'cpu', or ids '0 1'")
+    ap.add_argument("--runs-per-gpu", type=int, default=0, help="runs sharing one GPU at once "
+                                                                "(default 4 on GPUs, 1 on the CPU)")
+    ap.add_argument("--procs-per-run", type=int, default=0, help="processes per run (default: the "
+                                                                 "table's, e.g. 2 GPUs for ImageNet-LT)")
+    ap.add_argument("--smoke", action="store_true", help="synthetic data, 2 epochs of 2 steps (repro/spec.py SMOKE_SETS)")
+    ap.add_argument("--dry-run", action="store_true", help="list every run with its config, seed, folder and state")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every new run (not for resumed ones: they keep their config)")
+    ap.add_argument("--spec", default=spec.SPEC_PATH, help=argparse.SUPPRESS)  # tests: a small tables file
+    args = ap.parse_args(argv)
+
+    with user_errors():
+        table = spec.get_table(spec.load_tables(args.spec), args.table)
+        # absolute: the runs start in the repository root, wherever this was called from
+        out_root = os.path.abspath(args.out_root or os.path.join(spec.ROOT, "runs", "tables-smoke" if args.smoke else "tables"))
+        if table.kind == "timing":
+            runs = spec.plan_timing(table, smoke=args.smoke)
+            cells = None
+        else:
+            cells = spec.plan_runs(table, spec.parse_seeds(args.seeds), smoke=args.smoke, procs=args.procs_per_run or None)
+            runs = spec.unique_runs(cells)
+        # DATA_ROOT and --set join each run's own overrides (DATA_ROOT maps per config: CIFAR's
+        # root is the folder itself, ImageNet-LT's is DATA_ROOT/ImageNet_LT, ...).
+        roots = {}
+        if args.data_root and not args.smoke:
+            roots = {c: runner.data_root_set(c, args.data_root) for c in {r.config for r in runs if r.kind == "train"}}
+        runs = [dataclasses.replace(r, sets=r.sets + tuple([roots[r.config]] if r.config in roots else [])
+                                    + tuple(args.set)) for r in runs]
+        bench_args = ["--steps", "2", "--warmup", "1", "--batch", "8"] if args.smoke else []
+
+        if args.dry_run:
+            states = {}
+            for run in runs:
+                folder = os.path.join(out_root, run.key)
+                state = runner.run_state(folder, run.done_file)
+                states[state] = states.get(state, 0) + 1
+                cmd = runner.command(run, folder, resume=state == "resume", python="python", bench_args=bench_args)
+                print(f"{state:6} seed {run.seed}  {run.config}  -> {folder}")
+                print(f"       {shlex.join(cmd)}")
+            summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+            print(f"{table.title}\n{len(runs)} runs ({summary}) under {out_root}"
+                  + (f"; {len(cells)} table cells" if cells is not None else ""))
+            return 0
+
+        devices = detect_gpus(args.gpus)
+        per = args.runs_per_gpu or (1 if devices == ["cpu"] else 4)
+        if table.kind == "timing":  # timings want the device to themselves
+            devices, per = devices[:1], 1
+        result = runner.execute(runs, out_root, runner.Slots(devices, per), bench_args=bench_args)
+        print(f"{table.title}: {len(result['done'])} finished now, {len(result['skipped'])} done before, "
+              f"{len(result['failed'])} failed")
+        for key in result["failed"]:
+            folder = os.path.join(out_root, key)
+            with open(os.path.join(folder, runner.FAILED)) as f:
+                print(f"  failed: {folder}: {f.read().strip()}  (log: {os.path.join(folder, runner.LOG)})")
+        if not result["failed"]:
+            print(f"next: python scripts/make_tables.py --table {table.id} --out-root {out_root} --seeds '{args.seeds}'")
+        return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

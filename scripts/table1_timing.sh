@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Paper Table 1: seconds per epoch of SGD / SAM / ImbSAM / CC-SAM / Focal-SAM on each dataset,
+# measured by scripts/bench_step.py on the machine at hand (one GPU, alone on it; SEEDS and
+# RUNS_PER_GPU do not apply). ImageNet-LT and iNaturalist need their train lists for the class counts.
+# 4 benchmark runs (one per dataset, every optimizer in each).
+#
+#   bash scripts/table1_timing.sh                          # every run of the table, then the table
+#   DRY_RUN=1 bash scripts/table1_timing.sh                # list the runs (config, seed, folder, state)
+#   SMOKE=1 SEEDS=0 bash scripts/table1_timing.sh          # synthetic data, 2 tiny epochs per run (CPU check)
+# Finished runs are skipped, half-finished ones resumed: run it again to go on. See docs/reproduce.md.
+DATA_ROOT=${DATA_ROOT:-data}          # holds cifar-10-batches-py/, cifar-100-python/, ImageNet_LT/, iNaturalist/
+OUT_ROOT=${OUT_ROOT:-runs/tables}     # one folder per run below it; the report in OUT_ROOT/report
+SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std over them
+GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
+RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
+PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
+TABLE=1
+source "$(dirname "$0")/lib_table.sh"
