@@ -2,6 +2,7 @@
 # (scripts/run_table.py), then prints it beside the paper's numbers (scripts/make_tables.py).
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+SEEDS=${SEEDS:-0 1 2}
 SMOKE=${SMOKE:-0}
 DRY_RUN=${DRY_RUN:-0}
 if [ "$SMOKE" = 1 ] && [ "$OUT_ROOT" = runs/tables ]; then

@@ -4,15 +4,11 @@
 # RUNS_PER_GPU do not apply). ImageNet-LT and iNaturalist need their train lists for the class counts.
 # 4 benchmark runs (one per dataset, every optimizer in each).
 #
-#   bash scripts/table1_timing.sh                          # every run of the table, then the table
-#   DRY_RUN=1 bash scripts/table1_timing.sh                # list the runs (config, seed, folder, state)
-#   SMOKE=1 SEEDS=0 bash scripts/table1_timing.sh          # synthetic data, 2 tiny epochs per run (CPU check)
-# Finished runs are skipped, half-finished ones resumed: run it again to go on. See docs/reproduce.md.
-DATA_ROOT=${DATA_ROOT:-data}          # holds cifar-10-batches-py/, cifar-100-python/, ImageNet_LT/, iNaturalist/
+#   bash scripts/table1_timing.sh                # every dataset, then the table
+#   DRY_RUN=1 bash scripts/table1_timing.sh      # list the runs
+#   SMOKE=1 bash scripts/table1_timing.sh        # synthetic data, 2 timed steps per optimizer (CPU check)
+# Datasets already timed are skipped (delete OUT_ROOT/table1/<dataset> to time again). See docs/reproduce.md.
 OUT_ROOT=${OUT_ROOT:-runs/tables}     # one folder per run below it; the report in OUT_ROOT/report
-SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std over them
-GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
-RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
-PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
+GPUS=${GPUS:-all}                     # all | cpu | ids: the benchmark runs on the first
 TABLE=1
 source "$(dirname "$0")/lib_table.sh"
