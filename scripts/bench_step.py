@@ -57,24 +57,45 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_optimizer(cfg, model0, counts, batches, warmup, device):
-    model = copy.deepcopy(model0)
-    criterion = build_loss(cfg.loss, counts).to(device)
-    opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
-    model.train()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def time_optimizers(cfgs, model0, counts, batches, warmup, device):
+    """Median / best seconds per step of each optimizer, the optimizers interleaved step by step
+    (A B C A B C ...): a drift of the machine's speed (clock, caches, other load) then falls on
+    every optimizer alike instead of on whichever ran during it."""
+    runs = {}
+    for name, cfg in cfgs.items():
+        model = copy.deepcopy(model0).train()
+        criterion = build_loss(cfg.loss, counts).to(device)
+        opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+        runs[name] = (model, criterion, opt, [])
     for i in range(warmup + len(batches)):
         x, y = batches[i % len(batches)]
-        sync(device)
-        t0 = time.perf_counter()
-        opt.step(model, x, y, criterion)
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return statistics.median(times), min(times), peak
+        for name, (model, criterion, opt, times) in runs.items():
+            sync(device)
+            t0 = time.perf_counter()
+            opt.step(model, x, y, criterion)
+            sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return {n: (statistics.median(t), min(t)) for n, (_, _, _, t) in runs.items()}
+
+
+def peak_memory(cfg, model0, counts, batch, device):
+    """Peak GPU memory (GiB) of two steps of this optimizer with only its own model resident;
+    None on the CPU. Run after the timing, one optimizer at a time."""
+    if device.type != "cuda":
+        return None
+    model = copy.deepcopy(model0).train()
+    criterion = build_loss(cfg.loss, counts).to(device)
+    opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        opt.step(model, *batch, criterion)
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    del model, criterion, opt
+    torch.cuda.empty_cache()
+    return peak
 
 
 def main(argv=None):
@@ -102,15 +123,17 @@ def main(argv=None):
     size = 32 if first.data.name.startswith("cifar") else first.data.image_size
     batches = make_batches(counts, args.steps, batch, size, device)
     steps_per_epoch = -(-sum(counts) // batch)
+    timed = time_optimizers(cfgs, model0, counts, batches, args.warmup, device)
     rows = {}
     for n in names:
-        med, best, peak = time_optimizer(cfgs[n], model0, counts, batches, args.warmup, device)
-        rows[n] = {"seconds_per_step": med, "best_seconds_per_step": best, "peak_gib": peak,
+        med, best = timed[n]
+        rows[n] = {"seconds_per_step": med, "best_seconds_per_step": best,
+                   "peak_gib": peak_memory(cfgs[n], model0, counts, batches[0], device),
                    "seconds_per_epoch": med * steps_per_epoch}
     ref = rows.get("sam", {}).get("seconds_per_step")
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
           f"torch {torch.__version__}, {args.dataset}, {first.model.name}, batch {batch}, amp {first.train.amp}, "
-          f"{args.steps} timed steps (median)")
+          f"{args.steps} timed steps each (median), optimizers interleaved step by step")
     print(f"| optimizer | s/step | x SAM | s/epoch ({steps_per_epoch} steps) |" + (" peak GiB |" if device.type == "cuda" else ""))
     print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
     for n, r in rows.items():
