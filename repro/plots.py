@@ -41,7 +41,7 @@ def table_png(table: Table, rows: List[List[Cell]], path: str) -> None:
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels(names, fontsize=8)
     axes[0][0].invert_yaxis()
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][0].legend(fontsize=7, loc="lower right")  # the first panel has the paper marks when any has
     fig.suptitle(table.title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -265,3 +265,21 @@ def test_smoke_fills_a_table_end_to_end(tmp_path):
     assert len(rows) == 2 and "SMOKE" in p.stdout
     for line in rows:
         assert not any(w in line for w in ("missing", "failed", "n/a")) and line.endswith("| 2/2 |"), line
+
+
+def test_table1_smoke_times_every_optimizer_and_prints_the_table(tmp_path):
+    """Table 1 on synthetic data: bench_step per dataset (ResNet-32 and ResNet-50), then the table."""
+    out = str(tmp_path / "runs")
+    p = subprocess.run([sys.executable, "scripts/run_table.py", "--table", "1", "--smoke", "--gpus", "cpu",
+                        "--out-root", out], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(os.path.join(out, "table1", "imagenet_lt", "bench.json")) as f:
+        bench = json.load(f)
+    assert set(bench["rows"]) == set(OPTIMS.values()) and bench["batch"] == 8
+    for r in bench["rows"].values():
+        assert r["seconds_per_step"] > 0 and r["best_seconds_per_step"] <= r["median_seconds_per_step"]
+    p = subprocess.run([sys.executable, "scripts/make_tables.py", "--table", "1", "--out-root", out],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    focal = [l for l in p.stdout.splitlines() if l.startswith("| focal_sam |")][0]
+    assert focal.count("x SAM) / –") == 4 and "missing" not in focal
