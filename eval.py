@@ -8,7 +8,7 @@ import os
 
 from engine.cli import config_arguments, user_errors
 from engine.config import load_config
-from engine.errors import UserError
+from core.errors import UserError
 
 
 def main(argv=None) -> None:

@@ -14,8 +14,8 @@ from data.listfile import (IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD, Lis
 from data.split_lists import class_counts, read_list
 from data.synthetic import synthetic_lt
 from data.transforms import CifarTest, CifarTrain
-from engine.errors import UserError
-from engine.registry import Component, lookup
+from core.errors import UserError
+from core.registry import Component, lookup
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 import torchvision
 
 from data.arrays import long_tailed_counts, long_tailed_indices
-from engine.errors import UserError
+from core.errors import UserError
 
 SPECS = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],

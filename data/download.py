@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Sequence, Tuple
 
-from engine.errors import UserError
+from core.errors import UserError
 
 
 def http_get(url: str, timeout: float) -> bytes:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from data.arrays import SharedEpoch
 from data.augment import apply_eval, apply_train, draw_train_params, to_normalized
 from data.split_lists import class_counts, read_list
-from engine.errors import UserError
+from core.errors import UserError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from engine.errors import UserError
+from core.errors import UserError
 
 
 def check_relative(path: str, where: str) -> None:

@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from engine.errors import UserError
+from core.errors import UserError
 
 FORMAT = "lt-sam/1"
 

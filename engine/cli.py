@@ -7,7 +7,7 @@ import sys
 
 from engine.config import load_config
 from engine.distributed import restart_count
-from engine.errors import UserError
+from core.errors import UserError
 
 
 def config_arguments(parser: argparse.ArgumentParser, config_required: bool) -> None:

@@ -19,12 +19,12 @@ from typing import Literal, Optional, Tuple
 
 import yaml
 
-from engine.errors import ConfigError
-from engine.registry import lookup
+from core.errors import ConfigError
+from core.registry import lookup
 
 
 def option(default, **kw):
-    """A key read only by some components of its section (see `engine.registry.Component.uses`)."""
+    """A key read only by some components of its section (see `core.registry.Component.uses`)."""
     return field(default=default, metadata={"option": True}, **kw)
 
 

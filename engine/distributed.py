@@ -6,10 +6,12 @@ Nothing else in the project reads RANK / WORLD_SIZE / LOCAL_RANK. Single-process
 import datetime
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from core.collectives import all_reduce_sum_, broadcast_buffers, gather_variable, is_initialized  # noqa: F401 (re-exported for the engine)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            from engine.errors import UserError
+            from core.errors import UserError
             raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use train.device=cpu or auto")
         return torch.device("cuda", local_rank) if requested == "cuda" else torch.device(requested)
     return torch.device(requested)
@@ -93,57 +95,3 @@ def cleanup() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_reduce_sum_(tensors: List[torch.Tensor], group=None, bucket_bytes: int = 32 << 20) -> None:
-    """Sum `tensors` over all ranks, in place, as few collectives as possible.
-
-    Tensors of one dtype are flattened into buckets of about `bucket_bytes` and reduced together
-    (what DDP's reducer does internally), instead of one collective per parameter.
-    """
-    if not is_initialized() or dist.get_world_size(group) == 1:
-        return
-    by_dtype: dict = {}
-    for t in tensors:
-        by_dtype.setdefault((t.dtype, t.device), []).append(t)
-    for group_tensors in by_dtype.values():
-        bucket, size = [], 0
-        for t in group_tensors + [None]:
-            if t is not None:
-                bucket.append(t)
-                size += t.numel() * t.element_size()
-            if bucket and (t is None or size >= bucket_bytes):
-                flat = torch.cat([b.reshape(-1) for b in bucket])
-                dist.all_reduce(flat, group=group)
-                offset = 0
-                for b in bucket:
-                    b.copy_(flat[offset:offset + b.numel()].view_as(b))
-                    offset += b.numel()
-                bucket, size = [], 0
-
-
-def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
-    """Make every rank hold rank `src`'s buffers (BN running statistics) before evaluation."""
-    if not is_initialized():
-        return
-    for buf in module.buffers():
-        dist.broadcast(buf, src)
-
-
-def gather_variable(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate a (N_r, ...) tensor from every rank in rank order; N_r may differ per rank."""
-    if not info.distributed:
-        return tensor
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
-    dist.all_gather(sizes, n)
-    most = int(max(s.item() for s in sizes))
-    padded = torch.zeros((most,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    out = [torch.zeros_like(padded) for _ in range(info.world_size)]
-    dist.all_gather(out, padded)
-    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])

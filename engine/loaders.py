@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from engine.distributed import DistInfo
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 
 class ShardSampler(Sampler):

@@ -17,7 +17,7 @@ from data import build_data
 from engine import distributed as dist_utils
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, config_to_dict, save_config
-from engine.errors import UserError
+from core.errors import UserError
 from engine.loaders import eval_loader, train_loader
 from engine.metrics import summarize
 from engine.report import RunWriter, git_revision, write_json
@@ -99,7 +99,7 @@ def predict(model, loader, info, amp: str = "none"):
         labels.append(targets.to(info.device))
     model.train(was_training)
     cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=info.device)
-    out = [dist_utils.gather_variable(cat(x, dt), info) for x, dt in
+    out = [dist_utils.gather_variable(cat(x, dt)) for x, dt in
            ((preds, torch.long), (confs, torch.float32), (labels, torch.long))]
     return [t.cpu().numpy() for t in out]
 

@@ -3,7 +3,7 @@
 Every loss maps (logits (B, C), targets (B,)) to per-sample losses (B,), so every optimizer works
 with every loss. DRW class weights are set per epoch by `losses.drw.drw_weights`.
 """
-from engine.registry import Component, lookup
+from core.registry import Component, lookup
 from losses.ce import CrossEntropy, LogitAdjusted
 from losses.drw import class_balanced_weights, drw_weights
 from losses.ldam import LDAM

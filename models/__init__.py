@@ -5,7 +5,7 @@ Every model exposes `forward_features(x) -> (B, D)`, its head at `.classifier`, 
 """
 from functools import partial
 
-from engine.registry import Component, lookup
+from core.registry import Component, lookup
 import torch
 
 from models.resnet import TorchvisionResNet

@@ -7,7 +7,7 @@
 
 YAML `optim.name` -> builder(cfg: OptimConfig, params, class_counts, amp) -> optimizer.
 """
-from engine.registry import Component, lookup
+from core.registry import Component, lookup
 from optim.base import SharpnessOptimizer
 from optim.ccsam import CCSAM
 from optim.schedules import cosine_lr, piecewise_rho

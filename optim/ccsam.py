@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from engine.distributed import gather_variable, DistInfo
+from core.collectives import gather_variable
 from optim.base import SharpnessOptimizer, full_precision
 
 
@@ -136,9 +136,7 @@ class CCSAM(SharpnessOptimizer):
         ddp = self._ddp(model)
         if ddp is None or self.perturbation == "local":
             return tensors
-        import torch.distributed as dist
-        info = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), device=tensors[0].device)
-        return tuple(gather_variable(t.contiguous(), info) for t in tensors)
+        return tuple(gather_variable(t.contiguous(), ddp.process_group) for t in tensors)
 
     # ------------------------------------------------------------------ linear head, closed form
     def _linear_closed_form(self, model, head, targets, feats, logits, losses):

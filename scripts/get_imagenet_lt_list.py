@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 from data.download import fetch_text, write_atomic                                      # noqa: E402
 from data.split_lists import IMAGENET_LT_TRAIN, check_split, parse_list, read_list, summary  # noqa: E402
-from engine.errors import UserError                                                       # noqa: E402
+from core.errors import UserError                                                       # noqa: E402
 
 NAME = "ImageNet_LT_train.txt"
 REPO_PAGE = "github.com/facebookresearch/classifier-balancing (data/ImageNet_LT/)"

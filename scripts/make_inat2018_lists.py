@@ -29,7 +29,7 @@ from data.download import fetch_text, write_atomic                     # noqa: E
 from data.split_lists import (INAT2018_TRAIN, INAT2018_VAL, Expected,   # noqa: E402
                               check_relative, check_split, first_difference, format_list, parse_list,
                               read_list, summary)
-from engine.errors import UserError                                      # noqa: E402
+from core.errors import UserError                                      # noqa: E402
 
 TRAIN, VAL = "iNaturalist18_train.txt", "iNaturalist18_val.txt"
 EXPECTED = {TRAIN: INAT2018_TRAIN, VAL: INAT2018_VAL}

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.cli import user_errors                                  # noqa: E402
-from engine.errors import UserError                                 # noqa: E402
+from core.errors import UserError                                 # noqa: E402
 from repro import collect, plots, spec                              # noqa: E402
 
 

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from engine.config import Config, config_to_dict, load_config, save_config
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 
 def write(path, tree):

@@ -13,7 +13,7 @@ from data.arrays import ArrayDataset, long_tailed_counts, long_tailed_indices
 from data.cifar import cifar_lt, load_cifar
 from data.transforms import CIFAR_MEAN, CIFAR_STD, CifarTest, CifarTrain
 from engine.config import DataConfig
-from engine.errors import UserError
+from core.errors import UserError
 
 # Totals of the standard CIFAR-LT benchmarks (Cao et al. 2019 and the papers that follow them).
 TOTALS = {("cifar10", 200): 11203, ("cifar10", 100): 12406, ("cifar10", 50): 13996, ("cifar10", 10): 20431,

@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_cli
 from data import build_data
 from data.augment import draw_crop, draw_train_params, eval_resize
 from engine.config import DataConfig, load_config
-from engine.errors import UserError
+from core.errors import UserError
 from engine.loaders import DeviceStageLoader, eval_loader, train_loader
 from engine.distributed import DistInfo
 

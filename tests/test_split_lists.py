@@ -14,7 +14,7 @@ from conftest import ROOT, assert_one_line_error, run_cli
 from data.download import write_atomic
 from data.split_lists import (IMAGENET_LT_TRAIN, INAT2018_VAL, Expected, check_split, first_difference,
                               format_list, read_list, summary)
-from engine.errors import UserError
+from core.errors import UserError
 
 
 def load_script(name: str):

@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
