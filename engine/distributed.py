@@ -35,6 +35,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 outside torchrun), before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def restart_count() -> int:
     """How many times torchrun has restarted this worker group (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
