@@ -61,6 +61,8 @@ def load_annotations(path: str) -> dict:
         raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); download it again") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 JSON; expected an iNaturalist 2018 annotation file") from None
+    except RecursionError:
+        raise UserError(f"{path} nests too deeply to be an iNaturalist 2018 annotation file") from None
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise UserError(f"{path} has no '{key}' list; expected an iNaturalist 2018 annotation file "
@@ -156,8 +158,11 @@ def compare_with_shipped(val: Built, shipped: str) -> None:
     """Refuse a val list that differs from the shipped one; the message names the first line."""
     if not os.path.isfile(shipped):
         raise UserError(f"shipped val list not found: {shipped}")
-    with open(shipped, encoding="utf-8") as f:
-        theirs = [line.rstrip("\n").rstrip("\r") for line in f if line.strip()]
+    try:
+        with open(shipped, encoding="utf-8") as f:
+            theirs = [line.rstrip("\n").rstrip("\r") for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{shipped} is not UTF-8 text; give the shipped val list (--shipped-val)") from None
     ours = format_list(val.paths, val.labels).splitlines()
     number = first_difference(ours, theirs)
     if number is not None:
