@@ -129,21 +129,21 @@ def claimed_run(args):
         yield cfg, out, _is_resume(args, out)
 
 
-def check_report_path(path: str, checkpoint: str) -> None:
-    """eval.py --out: a file path in a writable folder, not a folder and not a run's own file."""
+def check_report_path(path: str, checkpoint: str, option: str = "--out") -> None:
+    """A report file (eval.py --out): a file path in a writable folder, not a folder and not a
+    run's own file."""
     if os.path.isdir(path):
-        raise UserError(f"--out {path} is a folder; give a file path such as {os.path.join(path, 'eval.json')}")
+        raise UserError(f"{option} {path} is a folder; give a file path such as {os.path.join(path, 'eval.json')}")
     if os.path.exists(path) and (os.path.basename(path) in NOT_A_REPORT or
                                  os.path.exists(checkpoint) and os.path.samefile(path, checkpoint)):
-        raise UserError(f"--out {path} would overwrite a file of the run; give another path "
-                        "(default: eval.json beside the checkpoint)")
+        raise UserError(f"{option} {path} would overwrite a file of the run; give another path")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"cannot write the report {path}: {e.strerror or e}; choose a writable --out") from None
+        raise UserError(f"cannot write {option} {path}: {e.strerror or e}; choose a writable path") from None
 
 
 class Terminated(Exception):
