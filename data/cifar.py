@@ -57,24 +57,28 @@ ALLOWED_GLOBALS = {
 }
 
 
+class Refused(pickle.UnpicklingError):
+    """The file names something that a CIFAR pickle never holds."""
+
+
 class CifarUnpickler(pickle.Unpickler):
     """Unpickler that admits only ALLOWED_GLOBALS and refuses persistent ids and extensions."""
 
     def find_class(self, module: str, name: str):
         if (module, name) not in ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR pickle never holds "
+            raise Refused(f"it names {module}.{name}, which a CIFAR pickle never holds "
                                          "(refused: loading it could run code)")
         return ALLOWED_GLOBALS[module, name]()
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it holds a persistent id, which a CIFAR pickle never holds")
+        raise Refused("it holds a persistent id, which a CIFAR pickle never holds")
 
 
 def _unpickle(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             d = CifarUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except Refused as e:
         raise UserError(f"{path} is not a CIFAR pickle: {brief(e)}; delete it and download again") from None
     except Exception as e:  # truncated or foreign file: say which one
         raise UserError(f"cannot read {path} as a CIFAR pickle ({type(e).__name__}: {brief(e, 100)}); "

@@ -21,6 +21,7 @@ from engine import guards
 from engine.report import TMP_SUFFIX
 
 LOCK = ".lock"
+_held_locks: set = set()   # file descriptors of the run-folder locks this process holds
 # What a run folder may hold before a new run starts in it: a run's own outputs (from an attempt
 # that stopped before its first checkpoint) and the files scripts/run_table.py keeps beside them.
 RUN_FILES = {"config.yaml", "metrics.jsonl", "summary.csv", "tb", "last.pt", "final.json", "eval.json", LOCK,
@@ -82,6 +83,7 @@ def folder_lock(out: str):
         os.close(fd)
         raise UserError(f"{out} is in use by another run (process {holder}); wait for it to end, "
                         "or choose another --out") from None
+    _held_locks.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -90,7 +92,20 @@ def folder_lock(out: str):
                 os.unlink(os.path.join(out, name))
         yield
     finally:
+        _held_locks.discard(fd)
         os.close(fd)
+
+
+def close_inherited_locks() -> None:
+    """In a forked child (a loader worker): close the copies of the run-folder lock. A worker
+    that outlives a killed main process (up to 5 s) would otherwise keep the folder locked and
+    refuse the run that torchrun --max-restarts starts in it."""
+    for fd in list(_held_locks):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
 
 
 def _config_and_folder(args):
@@ -138,6 +153,8 @@ def check_report_path(path: str, checkpoint: str, option: str = "--out") -> None
                                  os.path.exists(checkpoint) and os.path.samefile(path, checkpoint)):
         raise UserError(f"{option} {path} would overwrite a file of the run; give another path")
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{option} {path}: {folder} is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

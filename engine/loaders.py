@@ -47,6 +47,8 @@ def quiet_worker(worker_id: int) -> None:
     raises (engine/cli.py) and printed a traceback per worker; replace it (module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _leave_quietly)
+    from engine.cli import close_inherited_locks   # the CLI layer: imported only in workers
+    close_inherited_locks()
 
 
 class GuardedLoader:

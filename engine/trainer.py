@@ -189,6 +189,8 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
             last = epoch == cfg.train.epochs - 1
             report = evaluate(model, test_dl, info, counts, cfg.data, cfg.train.amp) \
                 if last or (epoch + 1) % cfg.train.eval_every == 0 else None
+            if report is not None:
+                check_finite_report(report, note)   # NaN outputs from finite weights (e.g. BN statistics)
             if report is not None and (best is None or report["top1"] > best["top1"]):
                 best = {"top1": report["top1"], "epoch": epoch}
             seconds = time.time() - t0

@@ -51,8 +51,8 @@ def check_arguments(args, runs) -> None:
             try:
                 load_config(path, [f"seed={seed}", *sets])
             except UserError as e:
-                raise UserError(f"{os.path.relpath(path, spec.ROOT)} with --set {' '.join(sets) or '(none)'}: "
-                                f"{e}; nothing was launched") from None
+                given = f" with --set {' '.join(args.set)}" if args.set else ""
+                raise UserError(f"{os.path.relpath(path, spec.ROOT)}{given}: {e}; nothing was launched") from None
 
 
 def main(argv=None):
