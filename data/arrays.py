@@ -3,6 +3,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.options import DataSplits
+from data.transforms import CifarTest, CifarTrain
+
 
 class SharedEpoch:
     """The epoch index in shared memory, so that persistent loader workers see set_epoch."""
@@ -63,3 +66,11 @@ def long_tailed_indices(labels: np.ndarray, counts, seed: int = 0) -> np.ndarray
         rng.shuffle(idx)
         keep.append(idx[:n])
     return np.concatenate(keep)
+
+
+def in_memory_splits(arrays, augment: bool, seed: int) -> DataSplits:
+    """DataSplits of (train x, train y, test x, test y, names, counts) arrays, CIFAR presets."""
+    train_x, train_y, test_x, test_y, names, counts = arrays
+    train_tf = CifarTrain() if augment else CifarTest()
+    return DataSplits(ArrayDataset(train_x, train_y, train_tf, seed), ArrayDataset(test_x, test_y, CifarTest(), seed),
+                      [int(c) for c in counts], list(names))

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from data.arrays import SharedEpoch
 from data.augment import apply_eval, apply_train, draw_train_params, to_normalized
-from data.split_lists import class_counts, read_list
+from data.split_lists import read_list
 from core.errors import UserError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,9 +59,6 @@ class ListDataset(Dataset, SharedEpoch):
     @property
     def targets(self) -> List[int]:
         return self.labels
-
-    def class_counts(self) -> List[int]:
-        return class_counts(self.labels, self.num_classes)
 
     def _where(self, i: int) -> str:
         return f"{self.paths[i]} (line {_line_number(self.list_path, i)} of {self.list_path}, data.root={self.root})"

@@ -222,4 +222,5 @@ def _yaml_scalar(v) -> str:
 def _read_schedule(path: str):
     from engine.config import load_config
     cfg = load_config(os.path.join(ROOT, path))
-    return cfg.train.epochs, cfg.loss.drw_epoch, [list(m) for m in cfg.optim.rho_milestones]
+    milestones = cfg.optim.rho_milestones if hasattr(cfg.optim, "rho_milestones") else ()   # plain SGD has none
+    return cfg.train.epochs, cfg.loss.drw_epoch, [list(m) for m in milestones]

@@ -14,7 +14,6 @@ A benchmark, not a test.
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -22,9 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.listfile import IMAGENET_MEAN, IMAGENET_STD, ListDataset, collate_encoded   # noqa: E402
+from data.listfile import IMAGENET_MEAN, IMAGENET_STD, ListDataset, collate_encoded
 
 
 def make_tree(root: str, n: int, classes: int = 10) -> str:

@@ -14,32 +14,20 @@ and the implied seconds per epoch (training steps only: no data loading, no eval
 A benchmark, not a test: the figures depend on the machine and what else runs on it.
 """
 import argparse
-import copy
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from engine.config import load_config                      # noqa: E402
-from engine.distributed import pick_device                  # noqa: E402
-from losses import build_loss                               # noqa: E402
-from models import build_model                              # noqa: E402
-from optim import build_optimizer                           # noqa: E402
+from engine.build import build_run
+from engine.config import load_config
+from engine.distributed import pick_device
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
 DATASETS = ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def class_counts_of(cfg):
-    """The training counts of the config's dataset without reading images."""
-    from data import class_counts_only
-    return class_counts_only(cfg.data)
 
 
 def make_batches(counts, n, batch, size, device, seed=0):
@@ -58,16 +46,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_optimizers(cfgs, model0, counts, batches, warmup, device):
+def build(cfg, model0, device):
+    """(model, criterion, optimizer) of the row's run, on a copy of the shared initial weights."""
+    run = build_run(cfg, device, load_data=False)
+    run.model.load_state_dict(model0.state_dict())
+    return run.model.train(), run.criterion, run.optimizer
+
+
+def time_optimizers(cfgs, model0, batches, warmup, device):
     """Median / best seconds per step of each optimizer, the optimizers interleaved step by step
     (A B C A B C ...): a drift of the machine's speed (clock, caches, other load) then falls on
     every optimizer alike instead of on whichever ran during it."""
     runs = {}
     for name, cfg in cfgs.items():
-        model = copy.deepcopy(model0).train()
-        criterion = build_loss(cfg.loss, counts).to(device)
-        opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
-        runs[name] = (model, criterion, opt, [])
+        runs[name] = (*build(cfg, model0, device), [])
     for i in range(warmup + len(batches)):
         x, y = batches[i % len(batches)]
         for name, (model, criterion, opt, times) in runs.items():
@@ -82,14 +74,12 @@ def time_optimizers(cfgs, model0, counts, batches, warmup, device):
     return {n: (statistics.fmean(t), statistics.median(t), min(t)) for n, (_, _, _, t) in runs.items()}
 
 
-def peak_memory(cfg, model0, counts, batch, device):
+def peak_memory(cfg, model0, batch, device):
     """Peak GPU memory (GiB) of two steps of this optimizer with only its own model resident;
     None on the CPU. Run after the timing, one optimizer at a time."""
     if device.type != "cuda":
         return None
-    model = copy.deepcopy(model0).train()
-    criterion = build_loss(cfg.loss, counts).to(device)
-    opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+    model, criterion, opt = build(cfg, model0, device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
@@ -117,21 +107,20 @@ def main(argv=None):
     names = args.optimizers.split(",")
     cfgs = {n: load_config(os.path.join(ROOT, "configs", args.dataset, f"la_{n}.yaml"), args.set) for n in names}
     first = cfgs[names[0]]
-    counts = class_counts_of(first)
+    run0 = build_run(first, device, load_data=False)
+    counts, model0 = run0.class_counts, run0.model
     batch = args.batch or first.train.batch_size
-    torch.manual_seed(0)
-    model0 = build_model(first.model, len(counts)).to(device)
     # CIFAR images are 32 px; the list datasets (and the synthetic stand-in of smoke runs) crop
     # to the config's data.image_size.
     size = 32 if first.data.name.startswith("cifar") else first.data.image_size
     batches = make_batches(counts, args.steps, batch, size, device)
     steps_per_epoch = -(-sum(counts) // batch)
-    timed = time_optimizers(cfgs, model0, counts, batches, args.warmup, device)
+    timed = time_optimizers(cfgs, model0, batches, args.warmup, device)
     rows = {}
     for n in names:
         mean, med, best = timed[n]
         rows[n] = {"seconds_per_step": mean, "median_seconds_per_step": med, "best_seconds_per_step": best,
-                   "peak_gib": peak_memory(cfgs[n], model0, counts, batches[0], device),
+                   "peak_gib": peak_memory(cfgs[n], model0, batches[0], device),
                    "seconds_per_epoch": mean * steps_per_epoch}
     ref = rows.get("sam", {}).get("seconds_per_step")
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "

@@ -23,6 +23,16 @@ def make_optimizer(name, model, mode, bn_mode="update"):
     return CCSAM(p, rho=0.5, ratio=0.3, radius="plain", class_counts=COUNTS, **common)
 
 
+def drw_weights_loss(process_group=None):
+    """LA with DRW class weights and the "weights" reduction: sum w l / sum w over the batch."""
+    from losses import LAOptions, build_loss
+    from losses.drw import class_balanced_weights
+    loss = build_loss(LAOptions(name="la", drw_reduction="weights"), COUNTS).double()
+    loss.set_class_weight(class_balanced_weights(COUNTS, 0.999))
+    loss.process_group = process_group
+    return loss
+
+
 def batches(steps=3, b=12):
     """Global batches; rank r of W takes x[r::W]. The second batch has no tail sample (ImbSAM
     then skips its perturbed pass on every rank, decided globally)."""

@@ -122,6 +122,11 @@ def test_bad_arguments_raise_value_errors():
         SAM(model.parameters(), lr=0.1, bn_mode="eval")
     with pytest.raises(ValueError, match="class_counts"):
         FocalSAM(model.parameters(), lr=0.1, class_counts=[])
+    with pytest.raises(ValueError, match="lam >= 0"):        # a negative lam would flip the perturbation
+        FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=-0.5)
+    with pytest.raises(ValueError, match="gamma >= 0"):
+        FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], gamma=-1.0)
+    FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=1.1)   # > 1 is allowed (official iNaturalist)
     opt = FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3])
     with pytest.raises(ValueError, match="target 3 is out of range for 2 classes"):
         opt.step(model, torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 3, 0]), per_sample_ce)
