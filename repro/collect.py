@@ -188,6 +188,7 @@ class Ordering:
     ours: List[Optional[float]]       # per group; None: a run missing, or the group lacks the metric
     paper: List[Optional[float]]
     present: List[bool]               # the group reports the metric
+    se: List[Optional[float]]         # standard error of our gap; None below two seeds on a side
 
 
 def _split(name: str):
@@ -197,6 +198,13 @@ def _split(name: str):
 
 def _gap(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None else a - b
+
+
+def _se(a: Cell, b: Cell) -> Optional[float]:
+    """Standard error of mean(a) - mean(b) over independent seeds."""
+    if a.std is None or b.std is None:
+        return None
+    return math.sqrt(a.std ** 2 / len(a.values) + b.std ** 2 / len(b.values))
 
 
 def orderings(table: Table, rows: List[List[Cell]]) -> List[Ordering]:
@@ -223,12 +231,16 @@ def orderings(table: Table, rows: List[List[Cell]]) -> List[Ordering]:
                     continue
                 ours = [_gap(fcells[c].mean, ocells[c].mean) if p else None for c, p in zip(cols, present)]
                 paper = [_gap(fcells[c].paper, ocells[c].paper) if p else None for c, p in zip(cols, present)]
-                out.append(Ordering(loss, label, metric, ours, paper, present))
+                se = [_se(fcells[c], ocells[c]) if p else None for c, p in zip(cols, present)]
+                out.append(Ordering(loss, label, metric, ours, paper, present, se))
     return out
 
 
-def _verdict(gap: Optional[float]) -> str:
-    return "–" if gap is None else "holds" if gap > 0 else "fails" if gap < 0 else "tie"
+def _verdict(gap: Optional[float], se: Optional[float]) -> str:
+    if gap is None:
+        return "–"
+    word = "holds" if gap > 0 else "fails" if gap < 0 else "tie"
+    return f"{gap:+.2f} {word}" + (" (n.s.)" if se is not None and abs(gap) < 2 * se else "")
 
 
 def orderings_markdown(table: Table, order: List[Ordering]) -> List[str]:
@@ -237,12 +249,11 @@ def orderings_markdown(table: Table, order: List[Ordering]) -> List[str]:
              "|---|---|---|" + "---|" * len(table.groups)]
     for o in order:
         cells = []
-        for ours, paper, present in zip(o.ours, o.paper, o.present):
+        for ours, paper, present, se in zip(o.ours, o.paper, o.present, o.se):
             if not present:
                 cells.append("·")
                 continue
-            ours_text = "–" if ours is None else f"{ours:+.2f} {_verdict(ours)}"
-            cells.append(f"{ours_text} / {DASH if paper is None else f'{paper:+.1f}'}")
+            cells.append(f"{_verdict(ours, se)} / {DASH if paper is None else f'{paper:+.1f}'}")
         lines.append(f"| {o.loss} | {o.other} | {METRIC_LABELS[o.metric]} | " + " | ".join(cells) + " |")
     ours = [g for o in order for g in o.ours if g is not None]
     paper = [g for o in order for g, p in zip(o.paper, o.present) if p and g is not None]
@@ -250,7 +261,9 @@ def orderings_markdown(table: Table, order: List[Ordering]) -> List[str]:
     lines += ["", f"Ours: Focal-SAM above in {sum(g > 0 for g in ours)} of the {len(ours)} comparisons with both "
                   f"runs finished ({asked - len(ours)} not yet comparable). The paper's own numbers: above in "
                   f"{sum(g > 0 for g in paper)} of {len(paper)}, equal in {sum(g == 0 for g in paper)}. "
-                  "holds / fails / tie: the sign of our gap (means over seeds); ·: the column has no such metric."]
+                  "holds / fails / tie: the sign of our gap (means over seeds); (n.s.): the gap is below two "
+                  "standard errors of the difference of the two means, so our seeds do not resolve it; "
+                  "·: the column has no such metric."]
     return lines
 
 

@@ -371,6 +371,26 @@ def test_make_tables_matches_the_hand_written_golden_files(tmp_path, capsys):
             assert im.size[0] > 200 and im.size[1] > 100
 
 
+def test_orderings_gap_verdict_and_resolution():
+    """Focal-SAM minus SAM by hand: IF100 (74, 76) vs (73, 73.5): gap +1.75, standard error
+    sqrt(2/2 + 0.125/2) = 1.031, below 2 s.e. -> n.s.; IF10 (60, 61) vs (64, 64.5): -3.75, s.e.
+    sqrt(0.5/2 + 0.125/2) = 0.559 -> resolved."""
+    from repro import collect
+    table = spec.load_tables(SMALL_SPEC)["7"]
+    def cells(if100, if10):
+        return [collect.Cell([], 2, 0, None), collect.Cell(if100, 2, 0, None), collect.Cell(if10, 2, 0, None)]
+    rows = [cells([], []), cells([73, 73.5], [64, 64.5]), cells([74, 76], [60, 61]), cells([], [])]
+    for r in rows[3:]:
+        for c in r:
+            c.reference = True
+    order = collect.orderings(table, rows)
+    assert [(o.loss, o.other, o.metric) for o in order] == [("LA", "SAM", "top1")]
+    assert order[0].ours == [1.75, -3.75] and order[0].paper == [None, None]
+    assert order[0].se[0] == pytest.approx(math.sqrt(1.0625)) and order[0].se[1] == pytest.approx(math.sqrt(0.3125))
+    line = collect.orderings_markdown(table, order)[4]
+    assert line == "| LA | SAM | All | +1.75 holds (n.s.) / - | -3.75 fails / - |"
+
+
 def test_tables_from_synthetic_runs_say_so(tmp_path, capsys):
     out = str(tmp_path / "runs")
     write_final(out, "cifar10_lt/la_sgd/if100/seed0", 50.0, dataset="synthetic")
