@@ -11,12 +11,14 @@ matplotlib.use("Agg")  # files only: no screen on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from repro.collect import Cell, Finals, is_synthetic, ours_ratio  # noqa: E402
 from repro.spec import METRIC_LABELS, Group, Table, run_folder  # noqa: E402
 
 SMOKE_TITLE = "SMOKE: synthetic data, not comparable with the paper"
 OURS, PAPER = "tab:blue", "black"
+TEN = plt.get_cmap("tab10").colors
 
 
 def _title(fig, title: str, smoke: bool) -> None:
@@ -58,8 +60,8 @@ def table_png(table: Table, rows: List[List[Cell]], path: str) -> None:
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels(names, fontsize=7)
     axes[0][0].set_ylim(len(names) - 0.5, -0.5)
-    fig.supxlabel("balanced top-1 % (per group for Head / Med / Tail)", fontsize=8, y=0.07)
-    _legend_below(fig, [Line2D([], [], color=OURS, marker="o", ms=4, label="ours: last epoch, mean ± std over seeds"),
+    _legend_below(fig, [Line2D([], [], color=OURS, marker="o", ms=4,
+                               label="ours: last epoch, mean ± std over seeds (accuracy %, of the column's classes)"),
                         Line2D([], [], color=PAPER, marker="|", ls="none", markersize=10, mew=2, label="paper")])
     smoke = is_synthetic(rows)
     _title(fig, table.title, smoke)
@@ -97,7 +99,6 @@ def per_class_png(table: Table, group: Group, finals: Finals, seeds: Sequence[in
     """Per-class accuracy of each row (mean over finished seeds), classes ordered head to tail by
     their training count. -> the number of rows drawn."""
     fig, ax = plt.subplots(figsize=(9.5, 3.8))
-    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)   # 20 rows of Table 5, 20 colours
     drawn, smoke = 0, False
     for row in table.rows:
         if row.reference:
@@ -110,8 +111,10 @@ def per_class_png(table: Table, group: Group, finals: Finals, seeds: Sequence[in
         order = sorted(range(len(counts)), key=lambda k: (-counts[k], k))  # stable: ties by class id
         acc = [sum(f["per_class_acc"][k] for f in finals_of_row) / len(finals_of_row) for k in order]
         label = row.name + (f" ({row.epochs} ep)" if row.epochs else "") + f", {len(finals_of_row)} seeds"
-        ax.plot(range(len(order)), acc, lw=1.0 if len(order) <= 100 else 0.5, label=label)
+        ax.plot(range(len(order)), acc, lw=1.0 if len(order) <= 100 else 0.5, label=label,
+                color=TEN[drawn % 10], ls="-" if drawn < 10 else "--")   # Table 5: 20 rows, 10 colours x 2
         drawn += 1
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("class, head (most training images) to tail")
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"{table.title.split(':')[0]}, {group.name}: per-class accuracy (mean over seeds)"
