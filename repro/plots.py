@@ -22,9 +22,11 @@ TEN = plt.get_cmap("tab10").colors
 
 
 def _title(fig, title: str, smoke: bool) -> None:
-    fig.suptitle(title, fontsize=9)
+    """The table's title; on smoke runs a second line, and the whole title red."""
     if smoke:
-        fig.text(0.5, 0.955, SMOKE_TITLE, ha="center", va="top", color="red", fontsize=10, weight="bold")
+        fig.suptitle(f"{title}\n{SMOKE_TITLE}", fontsize=9, color="red", weight="bold")
+    else:
+        fig.suptitle(title, fontsize=9)
 
 
 def _legend_below(fig, handles) -> None:
@@ -41,7 +43,7 @@ def _panel(ax, cells: List[Cell], ys: List[int], title: str) -> None:
     ax.scatter([p for p, _ in marks], [y for _, y in marks], marker="|", s=160, linewidths=2, color=PAPER, zorder=3)
     known = [v for c in cells for v in (c.mean, c.paper) if v is not None]
     if known:
-        ax.set_xlim(max(0.0, min(known) - 6), min(100.0, max(known) + 4))
+        ax.set_xlim(max(-3.0, min(known) - 6), min(103.0, max(known) + 4))   # a dot at 0 or 100 stays whole
     ax.set_title(title, fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(alpha=0.3)
@@ -110,7 +112,8 @@ def per_class_png(table: Table, group: Group, finals: Finals, seeds: Sequence[in
         counts = finals_of_row[0]["class_counts"]
         order = sorted(range(len(counts)), key=lambda k: (-counts[k], k))  # stable: ties by class id
         acc = [sum(f["per_class_acc"][k] for f in finals_of_row) / len(finals_of_row) for k in order]
-        label = row.name + (f" ({row.epochs} ep)" if row.epochs else "") + f", {len(finals_of_row)} seeds"
+        n = len(finals_of_row)
+        label = row.name + (f" ({row.epochs} ep)" if row.epochs else "") + f", {n} seed{'s' if n > 1 else ''}"
         ax.plot(range(len(order)), acc, lw=1.0 if len(order) <= 100 else 0.5, label=label,
                 color=TEN[drawn % 10], ls="-" if drawn < 10 else "--")   # Table 5: 20 rows, 10 colours x 2
         drawn += 1
