@@ -335,7 +335,7 @@ def _ours_timing(bench: Optional[dict], opt: str) -> str:
 def _paper_timing(table: Table, opt: str, j: int) -> str:
     if opt not in table.raw["paper"]:
         return "not in the paper"
-    return f"{table.raw['paper'][opt][j]:g} s ({table.raw['paper_ratio'][opt][j]:.2f}x)"
+    return f"{table.raw['paper'][opt][j]:.2f} s ({table.raw['paper_ratio'][opt][j]:.2f}x)"   # as printed
 
 
 TIMING_NOTES = (
@@ -361,7 +361,7 @@ def timing_markdown(table: Table, found: Dict[str, Optional[dict]]) -> str:
         cells = [c for j, d in enumerate(datasets) for c in (_ours_timing(found[d], opt), _paper_timing(table, opt, j))]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     measured = [f"{d}: {b['device']}, batch {b['batch']}" for d, b in found.items() if b and not b.get("failed")]
-    lines += ["", *TIMING_NOTES, "", "Measured on: " + ("; ".join(measured) if measured else "nothing yet") + "."]
+    lines += ["", TIMING_NOTES[0], "", TIMING_NOTES[1], "", "Measured on: " + ("; ".join(measured) if measured else "nothing yet") + "."]
     return "\n".join(lines) + "\n"
 
 
