@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from PIL import Image
 
 from conftest import ROOT
