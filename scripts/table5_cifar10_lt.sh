@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Paper Table 5: CIFAR-10-LT, ResNet-32, 200 epochs. CE, LDAM-DRW, LA and VS, each alone and with
+# Paper Table 5: CIFAR-10-LT, ResNet-32, 200 epochs. CE, LDAM+DRW, LA and VS, each alone and with
 # SAM / ImbSAM / CC-SAM / Focal-SAM (20 rows); IF 100 (Head / Med / Tail / All), IF 200 / 50 / 10 (All).
-# 20 rows x 4 IFs x 3 seeds = 240 runs of configs/cifar10_lt/*.yaml.
+# 20 rows x 4 IFs x 3 seeds = 240 runs of configs/cifar10_lt/*_{sgd,sam,imbsam,cc_sam,focal_sam}.yaml.
 #
 #   bash scripts/table5_cifar10_lt.sh                          # every run of the table, then the table
 #   DRY_RUN=1 bash scripts/table5_cifar10_lt.sh                # list the runs (config, seed, folder, state)
@@ -13,5 +13,6 @@ SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std
 GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
 RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
 PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
+ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
 TABLE=5
 source "$(dirname "$0")/lib_table.sh"
