@@ -13,7 +13,7 @@ from data.listfile import (IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD, Lis
                            read_class_names)
 from data.split_lists import class_counts, read_list
 from data.synthetic import synthetic_lt
-from data.transforms import CifarTest, CifarTrain
+from data.transforms import CLIP_MEAN, CLIP_STD, CifarTest, CifarTrain, ClipTest, ClipTrain
 from core.errors import UserError
 from core.registry import Component, lookup
 
@@ -30,22 +30,27 @@ class DataSplits:
         return len(self.class_counts)
 
 
-def _in_memory(arrays, augment: bool, seed: int) -> DataSplits:
+# data.preprocess -> (train transform, test transform) of the in-memory sets (CIFAR, synthetic).
+ARRAY_TRANSFORMS = {"standard": (CifarTrain, CifarTest), "clip": (ClipTrain, ClipTest)}
+
+
+def _in_memory(arrays, augment: bool, seed: int, preprocess: str = "standard") -> DataSplits:
     train_x, train_y, test_x, test_y, names, counts = arrays
-    train_tf = CifarTrain() if augment else CifarTest()
-    return DataSplits(ArrayDataset(train_x, train_y, train_tf, seed), ArrayDataset(test_x, test_y, CifarTest(), seed),
+    train_cls, test_cls = ARRAY_TRANSFORMS[preprocess]
+    train_tf = train_cls() if augment else test_cls()
+    return DataSplits(ArrayDataset(train_x, train_y, train_tf, seed), ArrayDataset(test_x, test_y, test_cls(), seed),
                       [int(c) for c in counts], list(names))
 
 
 def _cifar(name):
     def build(cfg, seed):
-        return _in_memory(cifar_lt(name, cfg.root, cfg.download, cfg.imb_factor), cfg.augment, seed)
+        return _in_memory(cifar_lt(name, cfg.root, cfg.download, cfg.imb_factor), cfg.augment, seed, cfg.preprocess)
     return build
 
 
 def _synthetic(cfg, seed):
     arrays = synthetic_lt(cfg.num_classes, cfg.image_size, cfg.max_per_class, cfg.imb_factor, cfg.test_per_class)
-    return _in_memory(arrays, cfg.augment, seed)
+    return _in_memory(arrays, cfg.augment, seed, cfg.preprocess)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,14 @@ LIST_PRESETS = {
     "inat2018": ListPreset(INAT_MEAN, INAT_STD, 0.0, "python scripts/make_inat2018_lists.py --train-json "
                            "train2018.json --val-json val2018.json (or --fetch)"),
 }
+
+
+def list_transform(cfg, preset: ListPreset) -> dict:
+    """Normalisation, jitter and test resize of a list dataset under data.preprocess. `clip`: the
+    official Focal-SAM CLIP pipeline (CLIP mean/std, no colour jitter, test resize = crop size)."""
+    if cfg.preprocess == "clip":
+        return dict(mean=CLIP_MEAN, std=CLIP_STD, jitter=0.0, eval_resize=cfg.image_size)
+    return dict(mean=preset.mean, std=preset.std, jitter=preset.jitter, eval_resize=None)
 
 
 def _list_path(cfg, key: str, preset: ListPreset) -> str:
@@ -92,9 +105,10 @@ def _list_dataset(name: str):
         if not os.path.isdir(cfg.root):
             raise UserError(f"data.root={cfg.root} is not a folder: put the {name} images there "
                             "(README, 'Large datasets') or set data.root")
+        tf = list_transform(cfg, preset)
         make = lambda key, train: ListDataset(cfg.root, _list_path(cfg, key, preset), cfg.num_classes, train,
-                                              cfg.image_size, preset.mean, preset.std, preset.jitter if train else 0.0,
-                                              cfg.decode, seed)
+                                              cfg.image_size, tf["mean"], tf["std"], tf["jitter"] if train else 0.0,
+                                              cfg.decode, seed, eval_resize=tf["eval_resize"])
         train, test = make("train_list", True), make("test_list", False)
         if cfg.check_files:
             train.check_files()

@@ -52,6 +52,7 @@ class DataConfig:
     class_names: str = option("")       # classnames.txt / categories.json (reports only)
     decode: Literal["pil", "torchvision", "device"] = option("pil")   # where images are decoded (data/listfile.py)
     check_files: bool = option(False)   # check that every listed image exists before training
+    preprocess: Literal["standard", "clip"] = "standard"   # clip: CLIP's 224-px crops and mean/std (CLIP models)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class ModelConfig:
     name: str = "resnet32"
     classifier: Literal["linear", "cosine"] = "linear"   # cosine: LDAM's normalised head
     channels_last: bool = False         # NHWC memory format (faster convolutions on recent GPUs)
+    # CLIP models (models/clip.py, issue 16): options of clip_vit_b16 and clip_tiny
+    finetune: Literal["full", "lift"] = option("full")  # full: every transformer block + head (FFT); lift: AdaptFormer adapters + head
+    adapter_dim: int = option(0)        # lift: adapter bottleneck width; 0 = LIFT's rule 2^floor(log2(C / 2L))
+    cosine_scale: float = option(25.0)  # head logits = cosine_scale * cos(feature, class weight) (official code: 25)
+    prompts: Tuple[str, ...] = option(("a photo of a {}.",))   # head init: text templates, {} = class name, averaged
+    clip_weights: str = option("~/.cache/clip/ViT-B-16.pt")   # clip_vit_b16: OpenAI's ViT-B-16.pt or an open_clip checkpoint
+    clip_download: bool = option(True)  # clip_vit_b16: download OpenAI's file to clip_weights when it is missing
 
 
 @dataclass(frozen=True)

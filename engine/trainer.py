@@ -159,7 +159,7 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
     seed_everything(cfg.seed)
     splits = build_data(cfg.data, cfg.seed)
     counts = splits.class_counts
-    model = build_model(cfg.model, splits.num_classes).to(info.device)
+    model = build_model(cfg.model, splits.num_classes, splits.class_names).to(info.device)
     criterion = build_loss(cfg.loss, counts).to(info.device)
     optimizer = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
     ckpt_path = os.path.join(out_dir, "last.pt")
@@ -241,7 +241,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
     try:
         state = load_checkpoint(checkpoint)
         splits = build_data(cfg.data, cfg.seed)
-        model = build_model(cfg.model, splits.num_classes).to(info.device)
+        model = build_model(cfg.model, splits.num_classes, splits.class_names).to(info.device)
         try:
             model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:
