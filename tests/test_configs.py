@@ -16,8 +16,10 @@ from losses import build_loss
 from models import build_model
 from optim import OPTIMIZERS, build_optimizer
 
+# CLIP rows (configs/clip/) need pretrained weights to build: tests/test_clip_configs.py steps them
+# on the tiny random CLIP instead.
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
-                 if "_base" not in p)
+                 if "_base" not in p and not os.path.relpath(p, ROOT).startswith(os.path.join("configs", "clip")))
 
 
 def counts_for(cfg):
