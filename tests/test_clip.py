@@ -282,3 +282,24 @@ def test_weights_missing_is_one_error_line_from_train_py(tmp_path):
     proc = run_cli("train.py", "--config", str(cfg), "--out", str(tmp_path / "run"))
     assert_one_line_error(proc, f"CLIP ViT-B/16 weights not found at {missing}", "model.clip_weights=",
                           "https://openaipublic.azureedge.net/clip/models/", "model.clip_download=true")
+
+
+@pytest.mark.parametrize("amp, tol", [("fp16", 5e-3), ("bf16", 5e-2)])
+def test_mixed_precision_step_is_close_to_fp32_and_the_head_stays_fp32(amp, tol):
+    """Autocast runs the encoder in low precision; the cosine head computes in fp32, and the fp16
+    run goes through the loss scaler of optim/base.py. One Focal-SAM step, plain SGD (no momentum)."""
+    models = {a: tiny("lift") for a in ("none", amp)}
+    x, y = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16):
+        assert models[amp](x).dtype == torch.float32
+    start = {n: p.detach().clone() for n, p in models["none"].named_parameters() if p.requires_grad}
+    for a, model in models.items():
+        cfg = OptimConfig(name="focal_sam", lr=0.5, momentum=0.0, weight_decay=0.0, rho=0.05, gamma=1.5, lam=0.7)
+        opt = build_optimizer(cfg, model.parameters(), COUNTS, a)
+        loss, _ = opt.step(model, x, y, build_loss(LossConfig(name="la"), COUNTS))
+        assert torch.isfinite(loss)
+    for n, p0 in start.items():
+        d32 = dict(models["none"].named_parameters())[n].detach() - p0
+        dlow = dict(models[amp].named_parameters())[n].detach() - p0
+        if d32.norm() > 0:
+            assert (dlow - d32).norm() <= tol * d32.norm(), n
