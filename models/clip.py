@@ -28,6 +28,8 @@ open_clip's ViT-B-16 architecture and QuickGELU, the activation the OpenAI weigh
 with (open_clip's plain ViT-B-16 config uses nn.GELU).
 """
 import os
+import shutil
+import warnings
 import zipfile
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -61,11 +63,14 @@ def weights_missing_message(path: str, why: str) -> str:
 
 
 def download_openai_weights(path: str) -> None:
-    """Fetch OpenAI's ViT-B-16.pt (open_clip checks its SHA-256) and place it at `path`."""
+    """Fetch OpenAI's ViT-B-16.pt (open_clip checks its SHA-256) into a folder beside `path`, then
+    move it there: an interrupted or corrupt download never shows up as the weights file."""
     from open_clip.pretrained import download_pretrained_from_url
-    got = download_pretrained_from_url(openai_url(), cache_dir=os.path.dirname(path) or ".")
-    if os.path.abspath(got) != os.path.abspath(path):
-        os.replace(got, path)
+    staging = f"{path}.download"
+    try:
+        os.replace(download_pretrained_from_url(openai_url(), cache_dir=staging), path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_weights(path: str, download: bool, fetch: Callable[[str], None] = download_openai_weights) -> str:
@@ -94,7 +99,9 @@ def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A CLIP state dict from OpenAI's TorchScript archive or an open_clip checkpoint."""
     try:
         if _is_torchscript(path):
-            state = torch.jit.load(path, map_location="cpu").state_dict()
+            with warnings.catch_warnings():   # torch.jit is deprecated, but OpenAI's file is TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(path, map_location="cpu").state_dict()
         elif path.endswith(".safetensors"):
             from safetensors.torch import load_file
             state = load_file(path)

@@ -1,8 +1,7 @@
 """CLIP fine-tuning (models/clip.py, models/adapters.py) on a randomly initialised tiny open_clip
 CLIP: the text-initialised head, trainable parameters per mode, frozen weights under every
 optimizer, zero-init adapters, reading OpenAI's TorchScript weights, the weights-missing line."""
-import dataclasses
-import math
+import os
 
 import open_clip
 import pytest
@@ -12,9 +11,8 @@ import torch.nn.functional as F
 
 from conftest import assert_one_line_error, run_cli
 from core.errors import ConfigError, UserError
-from engine.config import ModelConfig
+from engine.config import LossConfig, ModelConfig, OptimConfig
 from losses import build_loss
-from engine.config import LossConfig, OptimConfig
 from models import build_model
 from models.adapters import AdaptFormer, lift_adapter_dim
 from models.clip import TINY_CLIP, ClipClassifier, build_open_clip, read_clip_state_dict, resolve_weights
@@ -226,6 +224,7 @@ class _Holder(nn.Module):
         return x * 2
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")   # torch.jit is deprecated; OpenAI ships TorchScript
 def test_reads_openai_style_torchscript_archive_and_plain_state_dicts(tmp_path):
     torch.manual_seed(3)
     source = build_open_clip(TINY_CLIP, None)
@@ -303,3 +302,31 @@ def test_mixed_precision_step_is_close_to_fp32_and_the_head_stays_fp32(amp, tol)
         dlow = dict(models[amp].named_parameters())[n].detach() - p0
         if d32.norm() > 0:
             assert (dlow - d32).norm() <= tol * d32.norm(), n
+
+
+def test_download_is_staged_so_a_broken_one_leaves_no_weights_file(tmp_path, monkeypatch):
+    import open_clip.pretrained
+    target = tmp_path / "clip" / "ViT-B-16.pt"
+
+    def partial(url, cache_dir):
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(os.path.join(cache_dir, os.path.basename(url)), "wb") as f:
+            f.write(b"half a file")
+        raise ConnectionResetError("dropped")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", partial)
+    with pytest.raises(UserError, match="the download failed: ConnectionResetError"):
+        resolve_weights(str(target), download=True)
+    assert sorted(os.listdir(tmp_path / "clip")) == []        # no weights file, no staging folder
+
+    def complete(url, cache_dir):
+        assert url.endswith("/ViT-B-16.pt") and "openaipublic" in url
+        os.makedirs(cache_dir, exist_ok=True)
+        got = os.path.join(cache_dir, "ViT-B-16.pt")
+        with open(got, "wb") as f:
+            f.write(b"weights")
+        return got
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", complete)
+    assert resolve_weights(str(target), download=True) == str(target)
+    assert target.read_bytes() == b"weights" and sorted(os.listdir(tmp_path / "clip")) == ["ViT-B-16.pt"]
