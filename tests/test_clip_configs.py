@@ -1,6 +1,6 @@
 """Every foundation-model config (configs/clip/) loads, carries the paper's and the official
-code's settings, and takes two steps (first and last epoch) on the tiny random CLIP that stands
-in for ViT-B/16 (the real weights are not available to the tests)."""
+code's settings, and takes a step on the tiny random CLIP that stands in for ViT-B/16 (the real
+weights are not available to the tests)."""
 import copy
 import glob
 import os
@@ -71,12 +71,11 @@ def test_config_steps_on_the_tiny_clip(path):
     criterion = build_loss(cfg.loss, counts)
     opt = build_optimizer(cfg.optim, model.parameters(), counts, "none")
     schedule = EpochSchedule(cfg, counts, uses_rho="rho" in OPTIMIZERS[cfg.optim.name].uses)
-    g = torch.Generator().manual_seed(0)
-    for epoch in (0, cfg.train.epochs - 1):
-        schedule.apply(epoch, opt, criterion)
-        x = torch.randn(4, 3, 224, 224, generator=g)
-        y = torch.randint(0, len(counts), (4,), generator=g)
-        y[0] = len(counts) - 1           # a tail sample: every perturbed pass runs
-        loss, logits = opt.step(model, x, y, criterion)
-        assert torch.isfinite(loss) and logits.shape == (4, len(counts))
+    # One step at the last epoch (no CLIP row has DRW or rho milestones), on a head and a tail
+    # sample so that every pass of every optimizer runs.
+    schedule.apply(cfg.train.epochs - 1, opt, criterion)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([len(counts) - 1, 0])
+    loss, logits = opt.step(model, x, y, criterion)
+    assert torch.isfinite(loss) and logits.shape == (2, len(counts))
     assert all(torch.isfinite(p).all() for p in model.parameters())
