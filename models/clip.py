@@ -200,9 +200,8 @@ def placeholder_names(class_names: Sequence[str]) -> bool:
     return all(name == f"class_{k}" for k, name in enumerate(class_names))
 
 
-def build_clip_classifier(cfg, num_classes: int, class_names: Optional[Sequence[str]], tiny: bool):
-    """The registry builder. `tiny`: the random TINY_CLIP (tests, smoke runs), else ViT-B/16
-    with the weights of `cfg.clip_weights`."""
+def check_options(cfg) -> None:
+    """The CLIP options' values and combinations (ConfigError naming the key)."""
     if cfg.classifier != "linear":
         raise ConfigError("model.classifier", f"model '{cfg.name}' has its own text-initialised cosine head "
                           "(scale model.cosine_scale); remove model.classifier")
@@ -215,6 +214,12 @@ def build_clip_classifier(cfg, num_classes: int, class_names: Optional[Sequence[
         raise ConfigError("model.prompts", f"each template needs one '{{}}' for the class name, got {list(cfg.prompts)!r}")
     if cfg.cosine_scale <= 0:
         raise ConfigError("model.cosine_scale", f"must be > 0, got {cfg.cosine_scale}")
+
+
+def build_clip_classifier(cfg, num_classes: int, class_names: Optional[Sequence[str]], tiny: bool):
+    """The registry builder. `tiny`: the random TINY_CLIP (tests, smoke runs), else ViT-B/16
+    with the weights of `cfg.clip_weights`."""
+    check_options(cfg)
     if class_names is None or len(class_names) != num_classes:
         raise UserError(f"model '{cfg.name}' initialises its head from the {num_classes} class names of the "
                         "dataset; none were given")
