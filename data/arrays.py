@@ -4,7 +4,10 @@ import torch
 from torch.utils.data import Dataset
 
 from data.options import DataSplits
-from data.transforms import CifarTest, CifarTrain
+from data.transforms import CifarTest, CifarTrain, ClipTest, ClipTrain
+
+# data.preprocess -> (train transform, test transform) of the in-memory sets (CIFAR, synthetic).
+ARRAY_TRANSFORMS = {"standard": (CifarTrain, CifarTest), "clip": (ClipTrain, ClipTest)}
 
 
 class SharedEpoch:
@@ -68,9 +71,11 @@ def long_tailed_indices(labels: np.ndarray, counts, seed: int = 0) -> np.ndarray
     return np.concatenate(keep)
 
 
-def in_memory_splits(arrays, augment: bool, seed: int) -> DataSplits:
-    """DataSplits of (train x, train y, test x, test y, names, counts) arrays, CIFAR presets."""
+def in_memory_splits(arrays, augment: bool, seed: int, preprocess: str = "standard") -> DataSplits:
+    """DataSplits of (train x, train y, test x, test y, names, counts) arrays, with the CIFAR (or
+    CLIP) transforms."""
     train_x, train_y, test_x, test_y, names, counts = arrays
-    train_tf = CifarTrain() if augment else CifarTest()
-    return DataSplits(ArrayDataset(train_x, train_y, train_tf, seed), ArrayDataset(test_x, test_y, CifarTest(), seed),
+    train_cls, test_cls = ARRAY_TRANSFORMS[preprocess]
+    train_tf = train_cls() if augment else test_cls()
+    return DataSplits(ArrayDataset(train_x, train_y, train_tf, seed), ArrayDataset(test_x, test_y, test_cls(), seed),
                       [int(c) for c in counts], list(names))

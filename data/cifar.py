@@ -100,4 +100,4 @@ def cifar_counts(name: str, o: CifarOptions) -> List[int]:
 
 
 def build_cifar(name: str, o: CifarOptions, seed: int) -> DataSplits:
-    return in_memory_splits(cifar_lt(name, o.root, o.download, o.imb_factor), o.augment, seed)
+    return in_memory_splits(cifar_lt(name, o.root, o.download, o.imb_factor), o.augment, seed, o.preprocess)

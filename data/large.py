@@ -10,6 +10,7 @@ from typing import List, Literal
 
 from core.errors import UserError
 from core.options import opt
+from data.transforms import CLIP_MEAN, CLIP_STD
 from data.listfile import IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD, ListDataset, project_path, read_class_names
 from data.options import DataOptions, DataSplits
 from data.split_lists import class_counts, read_list
@@ -78,6 +79,15 @@ def build_list_dataset(name: str, o: ListOptions, seed: int) -> DataSplits:
     return DataSplits(train, test, counts, read_class_names(o.class_names, o.num_classes))
 
 
+def list_transform(o: ListOptions, preset: ListPreset) -> dict:
+    """Normalisation, jitter and test resize under data.preprocess. `clip`: the official
+    Focal-SAM CLIP pipeline (CLIP mean/std, no colour jitter, test resize = crop size)."""
+    if o.preprocess == "clip":
+        return dict(mean=CLIP_MEAN, std=CLIP_STD, jitter=0.0, eval_resize=o.image_size)
+    return dict(mean=preset.mean, std=preset.std, jitter=preset.jitter, eval_resize=None)
+
+
 def _split(o: ListOptions, preset: ListPreset, seed: int, key: str, train: bool) -> ListDataset:
-    return ListDataset(o.root, _list_path(o, key, preset), o.num_classes, train, o.image_size, preset.mean,
-                       preset.std, preset.jitter if train else 0.0, o.decode, seed)
+    tf = list_transform(o, preset)
+    return ListDataset(o.root, _list_path(o, key, preset), o.num_classes, train, o.image_size, tf["mean"],
+                       tf["std"], tf["jitter"] if train else 0.0, o.decode, seed, eval_resize=tf["eval_resize"])

@@ -11,7 +11,7 @@ decode:
 import io
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,15 +43,20 @@ class Encoded:
 
 class ListDataset(Dataset, SharedEpoch):
     def __init__(self, root: str, list_path: str, num_classes: int, train: bool, image_size: int,
-                 mean: Sequence[float], std: Sequence[float], jitter: float, decode: str, seed: int):
+                 mean: Sequence[float], std: Sequence[float], jitter: float, decode: str, seed: int,
+                 eval_resize: Optional[int] = None, entries: Optional[Tuple[List[str], List[int]]] = None):
+        """`eval_resize`: the test transform's shorter side (default: image_size * 256/224).
+        `entries`: (paths, labels) found otherwise (class folders, data/ood.py); `list_path` then
+        only names their source in messages."""
         SharedEpoch.__init__(self)
         if decode != "pil" and not hasattr(torchvision.io, "decode_jpeg"):
             raise UserError(f"data.decode={decode} needs torchvision.io's JPEG decoder, which torchvision "
                             f"{torchvision.__version__} no longer has; use data.decode=pil")
         self.root, self.list_path = root, list_path
-        self.paths, self.labels = read_list(list_path, num_classes)
+        self.paths, self.labels = entries if entries is not None else read_list(list_path, num_classes)
         self.num_classes, self.train, self.size = num_classes, train, image_size
         self.mean, self.std, self.jitter, self.decode, self.seed = mean, std, jitter, decode, seed
+        self.eval_resize = eval_resize
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,6 +66,8 @@ class ListDataset(Dataset, SharedEpoch):
         return self.labels
 
     def _where(self, i: int) -> str:
+        if not os.path.isfile(self.list_path):
+            return f"{self.paths[i]} (from {self.list_path}, root {self.root})"
         return f"{self.paths[i]} (line {_line_number(self.list_path, i)} of {self.list_path}, data.root={self.root})"
 
     def __getitem__(self, i: int):
@@ -79,7 +86,7 @@ class ListDataset(Dataset, SharedEpoch):
             width, height = img.size if isinstance(img, Image.Image) else (img.shape[-1], img.shape[-2])
             img = apply_train(img, draw_train_params(rng, width, height, self.jitter), self.size)
         else:
-            img = apply_eval(img, self.size)
+            img = apply_eval(img, self.size, self.eval_resize)
         return to_normalized(img, self.mean, self.std), label
 
     def _decode(self, full: str):
@@ -103,7 +110,7 @@ class ListDataset(Dataset, SharedEpoch):
         encoded, labels = batch
         images = torchvision.io.decode_jpeg([e.data for e in encoded], device=device,
                                             mode=torchvision.io.ImageReadMode.RGB)
-        out = [apply_train(img, e.params, self.size) if e.params is not None else apply_eval(img, self.size)
+        out = [apply_train(img, e.params, self.size) if e.params is not None else apply_eval(img, self.size, self.eval_resize)
                for img, e in zip(images, encoded)]
         return torch.stack([to_normalized(x, self.mean, self.std) for x in out]), labels
 

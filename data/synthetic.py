@@ -29,7 +29,7 @@ def synthetic_counts(o: SyntheticOptions) -> List[int]:
 
 def build_synthetic(o: SyntheticOptions, seed: int) -> DataSplits:
     arrays = synthetic_lt(o.num_classes, o.image_size, o.max_per_class, o.imb_factor, o.test_per_class)
-    return in_memory_splits(arrays, o.augment, seed)
+    return in_memory_splits(arrays, o.augment, seed, o.preprocess)
 
 
 def synthetic_lt(num_classes: int, image_size: int, max_per_class: int, imb_factor: float, test_per_class: int):

@@ -46,7 +46,8 @@ def build_run(cfg: Config, device: torch.device = torch.device("cpu"), load_data
         counts = list(splits.class_counts)
     else:
         counts = list(class_counts) if class_counts is not None else class_counts_only(cfg.data)
-    model = build_model(cfg.model, len(counts)).to(device)
+    names = splits.class_names if splits is not None else None      # CLIP heads start from them
+    model = build_model(cfg.model, len(counts), names).to(device)
     criterion = build_loss(cfg.loss, counts).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
     return Run(cfg, splits, counts, model, criterion, optimizer, EpochValues(cfg, counts))

@@ -14,8 +14,10 @@ from data.arrays import long_tailed_counts
 from engine.config import load_config
 from engine.build import build_run
 
+# CLIP rows (configs/clip/) need pretrained weights to build: tests/test_clip_configs.py steps them
+# on the tiny random CLIP instead.
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
-                 if "_base" not in p)
+                 if "_base" not in p and not os.path.relpath(p, ROOT).startswith(os.path.join("configs", "clip")))
 
 
 def counts_for(cfg):

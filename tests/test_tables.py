@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from data import LIST_PRESETS, class_counts_only
+from data import class_counts_only
+from data.large import PRESETS as LIST_PRESETS
 from data.arrays import long_tailed_counts
 from engine.config import config_to_dict, load_config
 from optim.class_weights import imbsam_weights
