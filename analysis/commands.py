@@ -179,6 +179,7 @@ def write_hessian(doc: dict, out: str, label: str = "") -> List[str]:
 
 
 def hessian_command(args) -> None:
+    options(measure.HessianOptions, args)  # option mistakes first: nothing is created for them
     out = output_folder(args)
     doc = hessian_report(args)
     for r in doc["groups"]:
@@ -190,8 +191,16 @@ def hessian_command(args) -> None:
 
 # ----------------------------------------------------------------------------- landscape
 
-def landscape_report(args, run=None) -> dict:
+def landscape_options(args) -> measure.LandscapeOptions:
     opts = options(measure.LandscapeOptions, args)
+    for key in ("points_1d", "points_2d"):
+        if getattr(opts, key) % 2 == 0:
+            raise UserError(f"--{key.replace('_', '-')} must be odd, so that the grid holds the weights w themselves")
+    return opts
+
+
+def landscape_report(args, run=None) -> dict:
+    opts = landscape_options(args)
     run = run or open_run(args)
     result = measure.landscape(run, groups_of(run, args.groups), opts, DTYPES[args.dtype], make_track(args.progress))
     return {"kind": "landscape", "run": run.describe(), "settings": settings(args, opts), **result}
@@ -209,15 +218,15 @@ def write_landscape(doc: dict, out: str, label: str = "") -> List[str]:
                for i, a in enumerate(doc["grid"])])
     plots.panels([[lambda ax: plots.draw_lines(ax, doc["alphas"], doc["line"], f"{label}: 1-D landscape")]],
                  f"{stem}_line.png", size=(5.5, 4.0))
-    plots.panels([[lambda ax, n=n: plots.draw_contour(ax, doc["grid"], doc["surface"][n], f"{label}: {n}")
-                   for n in names]], f"{stem}_contour.png")
-    plots.panels([[lambda ax, n=n: plots.draw_surface(ax, doc["grid"], doc["surface"][n], f"{label}: {n}")
-                   for n in names]], f"{stem}_surface.png", projection="3d")
+    for view, draw, projection in (("contour", plots.draw_contour, None), ("surface", plots.draw_surface, "3d")):
+        plots.panels([[lambda ax, n=n: draw(ax, doc["grid"], doc["surface"][n], f"{label}: {n}", doc["origin"][n])
+                       for n in names]], f"{stem}_{view}.png", projection=projection)
     return [f"{stem}.json", f"{stem}_line.png", f"{stem}_contour.png", f"{stem}_surface.png",
             f"{stem}_line.csv", f"{stem}_surface.csv"]
 
 
 def landscape_command(args) -> None:
+    landscape_options(args)
     out = output_folder(args)
     doc = landscape_report(args)
     for n, v in doc["origin"].items():
@@ -230,8 +239,8 @@ def landscape_command(args) -> None:
 # ----------------------------------------------------------------------------- sharpness
 
 def sharpness_command(args) -> None:
-    out = output_folder(args)
     opts = options(measure.SharpnessOptions, args)
+    out = output_folder(args)
     run = open_run(args)
     classes = resolve_group(args.classes, run.masks, run.class_names)
     result = measure.sharpness(run, classes, opts, DTYPES[args.dtype], make_track(args.progress))

@@ -10,7 +10,6 @@ from typing import Dict, Tuple
 # Panel order of Figures 2, 6, 7, 9-11: (label, optimizer name in the config file names).
 METHODS: Tuple[Tuple[str, str], ...] = (("SAM", "sam"), ("ImbSAM", "imbsam"), ("CC-SAM", "cc_sam"),
                                         ("Focal-SAM", "focal_sam"))
-GROUPS = ("head", "tail")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no screen on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import BoundaryNorm  # noqa: E402
 from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
 
 from analysis.density import gaussian_density  # noqa: E402
@@ -31,30 +32,46 @@ def draw_density(ax, result: Dict, label: str) -> None:
     # Decades only: log-axis minor ticks over ~8 decades made each panel 3x slower to draw.
     ax.yaxis.set_major_locator(LogLocator(numticks=6))
     ax.yaxis.set_minor_locator(NullLocator())
+    # The top eigenvalue's SLQ weight is ~1/d (d parameters), often below the plot's floor:
+    # mark the power-iteration lambda_max so it is always visible.
+    ax.axvline(result["lambda_max"], color="tab:red", ls=":", lw=1)
     ax.set_title(hessian_title(result, label), fontsize=9)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log scale)")
     ax.grid(alpha=0.3)
 
 
-def draw_contour(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label: str) -> None:
+def draw_contour(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label: str, origin: float) -> None:
     z = np.asarray(z)
-    levels = np.linspace(z.min(), z.max(), 16) if z.max() > z.min() else 16
-    cs = ax.contourf(grid, grid, z, levels=levels, cmap="viridis")
+    levels = contour_levels(z)
+    # One colour step per band, so geometric levels are as legible as linear ones.
+    norm = BoundaryNorm(levels, 256) if not isinstance(levels, int) else None
+    cs = ax.contourf(grid, grid, z, levels=levels, cmap="viridis", norm=norm)
     ax.contour(grid, grid, z, levels=cs.levels, colors="k", linewidths=0.3)
     ax.plot([0], [0], "w+", ms=8)
     ax.figure.colorbar(cs, ax=ax, shrink=0.85)
-    ax.set_title(f"{label}\nloss at w = {z[len(z) // 2, len(z) // 2]:.3g}", fontsize=9)
+    ax.set_title(f"{label}\nloss at w = {origin:.3g}", fontsize=9)
     ax.set_xlabel("direction 1")
     ax.set_ylabel("direction 2")
     ax.set_aspect("equal")
 
 
-def draw_surface(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label: str) -> None:
+def contour_levels(z: np.ndarray, n: int = 16):
+    """Geometric levels for a positive loss (a basin's floor keeps its detail next to walls ten
+    or a hundred times higher), linear ones otherwise."""
+    lo, hi = float(z.min()), float(z.max())
+    if hi <= lo:
+        return n
+    if lo > 0:
+        return np.geomspace(lo, hi, n)
+    return np.linspace(lo, hi, n)
+
+
+def draw_surface(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label: str, origin: float) -> None:
     z = np.asarray(z)
     xx, yy = np.meshgrid(grid, grid)
     ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_title(f"{label}\nloss at w = {z[len(z) // 2, len(z) // 2]:.3g}", fontsize=9)
+    ax.set_title(f"{label}\nloss at w = {origin:.3g}", fontsize=9)
     ax.set_xlabel("direction 1", fontsize=8)
     ax.set_ylabel("direction 2", fontsize=8)
     ax.set_zlabel("loss", fontsize=8)
@@ -83,7 +100,7 @@ def panels(cells: List[List[Optional[Callable]]], path: str, size=(4.2, 3.6), pr
                 continue
             draw(fig.add_subplot(rows, cols, r * cols + c + 1, projection=projection))
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

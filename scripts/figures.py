@@ -137,7 +137,7 @@ def landscapes(args) -> None:
     stem = os.path.join(out, f"fig{fig.number}_landscape")
     title = f"Figure {fig.number}: {fig.caption}"
     for view, draw, projection in (("surface", plots.draw_surface, "3d"), ("contour", plots.draw_contour, None)):
-        cells = [[lambda ax, d=doc, g=group, l=label: draw(ax, d["grid"], d["surface"][g], f"{l}, {g}")
+        cells = [[lambda ax, d=doc, g=group, l=label: draw(ax, d["grid"], d["surface"][g], f"{l}, {g}", d["origin"][g])
                   for label, doc in docs] for group in args.groups]
         plots.panels(cells, f"{stem}_{view}.png", projection=projection, title=title)
     plots.panels([[lambda ax, d=doc, l=label: plots.draw_lines(ax, d["alphas"], d["line"], l) for label, doc in docs]],
@@ -247,9 +247,10 @@ def plot_ablation(args, abl: paper.Ablation, plan, out_root: str) -> None:
     out = prepare_out(args.out or os.path.join(out_root, "ablation", f"fig{abl.number}"))
     cells, rows, doc = [], [], []
     for config, chosen, values in plan:
-        means, stds = [], []
+        means, stds, synthetic = [], [], False
         for v, vruns in values:
             finals = [read_final(os.path.join(out_root, r.key)) for r in vruns]
+            synthetic |= any(f is not None and f.get("run", {}).get("dataset") == "synthetic" for f in finals)
             top1 = [f["top1"] for f in finals if f is not None]
             m = sum(top1) / len(top1) if top1 else None
             s = math.sqrt(sum((x - m) ** 2 for x in top1) / (len(top1) - 1)) if len(top1) > 1 else None
@@ -259,13 +260,14 @@ def plot_ablation(args, abl: paper.Ablation, plan, out_root: str) -> None:
                         [mean_of(finals, k) for k in ("head", "medium", "tail")])
         doc.append({"config": config, "chosen": chosen, "values": [v for v, _ in values], "top1_mean": means,
                     "top1_std": stds})
-        label = config.replace("configs/", "").replace(".yaml", "")
+        # Smoke runs train on the synthetic set: never let their panel pass for the dataset's.
+        label = config.replace("configs/", "").replace(".yaml", "") + (" (synthetic smoke runs)" if synthetic else "")
         cells.append(lambda ax, xs=[v for v, _ in values], m=means, s=stds, c=chosen, l=label:
                      plots.ablation_axes(ax, xs, m, s, c, abl.param, l))
     stem = os.path.join(out, f"fig{abl.number}_{abl.param}")
     cols = min(3, len(cells))
     plots.panels([cells[i:i + cols] for i in range(0, len(cells), cols)], f"{stem}.png", size=(4.5, 3.5),
-                 title=f"Figure {abl.number}: {abl.caption} (mean ± std over seeds; star: the paper's setting)")
+                 title=f"Figure {abl.number}: {abl.caption}\n(mean ± std over seeds; star: the paper's setting)")
     header = ["config", "param", "value", "paper_setting", "seeds_done", "seeds", "top1_mean", "top1_std",
               "head_mean", "medium_mean", "tail_mean"]
     write_csv(f"{stem}.csv", header, rows)
@@ -294,7 +296,6 @@ def run_figure_arguments(p, figures) -> None:
     p.add_argument("--out-root", default=os.path.join("runs", "tables"), help="where the table scripts put runs")
     p.add_argument("--seed-run", type=int, default=0, help="which seed's runs of the table (default 0)")
     commands.common_arguments(p, run_required=False)
-    p.set_defaults(groups=list(paper.GROUPS))
 
 
 def build_parser():

@@ -168,6 +168,7 @@ def test_hessian_is_deterministic_for_a_seed(tiny_run):
     (["hessian", "{run}", "--groups", "tail", "tail"], "given twice"),
     (["hessian", "{run}", "--out", "{file}/sub"], "cannot write to output folder"),
     (["hessian", "{run}", "--samples", "0"], "--samples must be > 0"),
+    (["landscape", "{run}", "--points-2d", "4"], "--points-2d must be odd"),
     (["hessian", "{run}", "--bn", "batch"], "invalid choice"),
     (["hessian", "{run}", "--device", "tpu"], "not a device"),
 ])
