@@ -16,15 +16,13 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from analysis import commands, measure, paper, plots            # noqa: E402
-from analysis.outputs import prepare_out, read_json, write_csv, write_json   # noqa: E402
-from core.errors import UserError                                # noqa: E402
-from engine.cli import user_errors                               # noqa: E402
+from analysis import commands, measure, paper, plots
+from analysis.outputs import prepare_out, read_json, write_csv, write_json
+from core.errors import UserError
+from engine.cli import user_errors
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

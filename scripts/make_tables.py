@@ -16,11 +16,10 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import user_errors                                  # noqa: E402
-from core.errors import UserError                                 # noqa: E402
-from repro import collect, imbsam, plots, spec                      # noqa: E402
+from engine.cli import user_errors
+from core.errors import UserError
+from repro import collect, imbsam, plots, spec
 
 
 def per_class_choice(text: str, tables) -> tuple:

@@ -19,11 +19,10 @@ from typing import List, Optional
 import numpy as np
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.errors import UserError                                  # noqa: E402
-from engine.cli import user_errors                                  # noqa: E402
-from repro import spec                                              # noqa: E402
+from core.errors import UserError
+from engine.cli import user_errors
+from repro import spec
 
 SPEC = os.path.join(spec.ROOT, "repro", "tables_foundation.yaml")
 SET_ARGS = {"imagenet_sketch": "sketch", "imagenet_v2": "v2", "imagenet_c": "imagenet_c"}

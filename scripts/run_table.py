@@ -17,11 +17,10 @@ import re
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.errors import UserError                                   # noqa: E402
-from engine.cli import user_errors                                  # noqa: E402
-from repro import runner, spec                                      # noqa: E402
+from core.errors import UserError
+from engine.cli import user_errors
+from repro import runner, spec
 
 
 def detect_gpus(text: str) -> list:

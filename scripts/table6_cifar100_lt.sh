@@ -7,12 +7,7 @@
 #   DRY_RUN=1 bash scripts/table6_cifar100_lt.sh                # list the runs (config, seed, folder, state)
 #   SMOKE=1 SEEDS=0 bash scripts/table6_cifar100_lt.sh          # synthetic data, 2 tiny epochs per run (CPU check)
 # Finished runs are skipped, half-finished ones resumed: run it again to go on. See docs/reproduce.md.
-DATA_ROOT=${DATA_ROOT:-data}          # holds cifar-10-batches-py/, cifar-100-python/, ImageNet_LT/, iNaturalist/
-OUT_ROOT=${OUT_ROOT:-runs/tables}     # one folder per run below it; the report in OUT_ROOT/report
-SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std over them
-GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
-RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
-PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
-ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
+# Variables (defaults and meanings in scripts/lib_table.sh): DATA_ROOT OUT_ROOT SEEDS GPUS RUNS_PER_GPU
+# PROCS_PER_RUN ROWS SMOKE DRY_RUN.
 TABLE=6
 source "$(dirname "$0")/lib_table.sh"

@@ -10,12 +10,7 @@
 #   SMOKE=1 SEEDS=0 bash scripts/table8_cifar100_lt_300ep.sh          # synthetic data, a few tiny epochs per run (CPU check)
 #   ROWS='\+SAM' bash scripts/table8_cifar100_lt_300ep.sh             # only the 300-epoch SAM rows
 # Finished runs are skipped, half-finished ones resumed: run it again to go on. See docs/reproduce.md.
-DATA_ROOT=${DATA_ROOT:-data}          # holds cifar-10-batches-py/, cifar-100-python/, ImageNet_LT/, iNaturalist/
-OUT_ROOT=${OUT_ROOT:-runs/tables}     # one folder per run below it; the report in OUT_ROOT/report
-SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std over them
-GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
-RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
-PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
-ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
+# Variables (defaults and meanings in scripts/lib_table.sh): DATA_ROOT OUT_ROOT SEEDS GPUS RUNS_PER_GPU
+# PROCS_PER_RUN ROWS SMOKE DRY_RUN.
 TABLE=8
 source "$(dirname "$0")/lib_table.sh"
