@@ -14,6 +14,7 @@ from engine.cli import user_errors
 
 
 def main(argv=None) -> None:
+    """Parse, run the subcommand; bad input -> one error line, exit 2."""
     args = build_parser().parse_args(argv)
     with user_errors():
         COMMANDS[args.command](args)

@@ -28,6 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def common_arguments(p: argparse.ArgumentParser, run_required: bool = True) -> None:
+    """Options every analysis shares (the run, output, device, seed, BN mode, precision)."""
     if run_required:
         p.add_argument("run", help="run folder (config.yaml + last.pt, from train.py) or a checkpoint file")
     p.add_argument("--out", help="output folder (default: RUN/analysis)")
@@ -45,6 +46,7 @@ def common_arguments(p: argparse.ArgumentParser, run_required: bool = True) -> N
 
 
 def hessian_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `hessian` (also used by figures.py spectra)."""
     o = measure.HessianOptions()
     p.add_argument("--groups", nargs="+", default=["head", "tail"], metavar="GROUP",
                    help="head, medium, tail, all, or classes like 0,1,2 / names (default: head tail)")
@@ -59,6 +61,7 @@ def hessian_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def landscape_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `landscape` (also used by figures.py landscapes)."""
     o = measure.LandscapeOptions()
     p.add_argument("--groups", nargs="+", default=["head", "tail"], metavar="GROUP",
                    help="head, medium, tail, all, or classes like 0,1,2 / names (default: head tail)")
@@ -72,6 +75,7 @@ def landscape_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sharpness_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `sharpness`."""
     o = measure.SharpnessOptions()
     p.add_argument("--classes", default="all", help="all (default), head, medium, tail, or a class list 0,1,2")
     p.add_argument("--per-class", type=int, default=o.per_class, help="training samples per class")
@@ -82,6 +86,7 @@ def sharpness_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """analyze.py's parser: one subcommand per analysis."""
     parser = Parser(prog="analyze.py", description="Hessian spectra, loss landscapes and class-wise sharpness "
                                                    "of a trained run, per class group.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- helpers
 
 def make_track(setting: str):
+    """A progress-bar wrapper (tqdm) when bars are wanted, else the identity."""
     enabled = setting == "on" or (setting == "auto" and sys.stderr.isatty() and not os.environ.get("CI"))
     if not enabled:
         return measure.no_track
@@ -115,6 +121,7 @@ def options(cls, args, **extra):
 
 
 def groups_of(run, specs: Sequence[str]) -> List[Tuple[str, List[int]]]:
+    """[(group name, class indices)] for the --groups of a loaded run."""
     out, seen = [], set()
     for spec in specs:
         if spec in seen:
@@ -125,6 +132,7 @@ def groups_of(run, specs: Sequence[str]) -> List[Tuple[str, List[int]]]:
 
 
 def open_run(args):
+    """load_run with the command's options; the model in float64 when --dtype asks."""
     run = load_run(args.run, args.set, args.device, args.class_weights, args.config)
     if args.dtype == "float64":
         run.model.double()
@@ -133,6 +141,7 @@ def open_run(args):
 
 
 def settings(args, opts) -> dict:
+    """The options that decide the numbers, stored with every result."""
     return {**dataclasses.asdict(opts), "dtype": args.dtype, "class_weights": args.class_weights,
             "device": args.device}
 
@@ -144,11 +153,13 @@ def output_folder(args) -> str:
 
 
 def run_label(doc: dict) -> str:
+    """A short panel label: loss + optimizer (epochs trained)."""
     r = doc["run"]
     return f"{r['loss']} + {r['optim']} ({r['epochs_trained']} epochs)"
 
 
 def group_names(run) -> Dict[int, str]:
+    """{class index: head / medium / tail} of a loaded run."""
     return {int(k): g for g, m in run.masks.items() for k in range(len(m)) if m[k]}
 
 
@@ -165,6 +176,7 @@ def hessian_report(args, run=None) -> dict:
 
 
 def write_hessian(doc: dict, out: str, label: str = "") -> List[str]:
+    """hessian.json, hessian_summary.csv, hessian_density.csv, hessian.png into `out`; -> the paths."""
     stem = os.path.join(out, "hessian")
     write_json(f"{stem}.json", doc)
     write_csv(f"{stem}_summary.csv", ["group", "lambda_max", "trace", "trace_stderr", "samples", "loss"],
@@ -179,6 +191,7 @@ def write_hessian(doc: dict, out: str, label: str = "") -> List[str]:
 
 
 def hessian_command(args) -> None:
+    """analyze.py hessian."""
     options(measure.HessianOptions, args)  # option mistakes first: nothing is created for them
     out = output_folder(args)
     doc = hessian_report(args)
@@ -192,6 +205,7 @@ def hessian_command(args) -> None:
 # ----------------------------------------------------------------------------- landscape
 
 def landscape_options(args) -> measure.LandscapeOptions:
+    """LandscapeOptions from the arguments; grids of odd size (they must hold w)."""
     opts = options(measure.LandscapeOptions, args)
     for key in ("points_1d", "points_2d"):
         if getattr(opts, key) % 2 == 0:
@@ -200,6 +214,7 @@ def landscape_options(args) -> measure.LandscapeOptions:
 
 
 def landscape_report(args, run=None) -> dict:
+    """Load the run (unless given) and measure the landscapes; -> the JSON document."""
     opts = landscape_options(args)
     run = run or open_run(args)
     result = measure.landscape(run, groups_of(run, args.groups), opts, DTYPES[args.dtype], make_track(args.progress))
@@ -207,6 +222,7 @@ def landscape_report(args, run=None) -> dict:
 
 
 def write_landscape(doc: dict, out: str, label: str = "") -> List[str]:
+    """landscape.json, its CSVs and the line / contour / surface PNGs into `out`; -> the paths."""
     stem = os.path.join(out, "landscape")
     label = label or run_label(doc)
     names = list(doc["line"])
@@ -226,6 +242,7 @@ def write_landscape(doc: dict, out: str, label: str = "") -> List[str]:
 
 
 def landscape_command(args) -> None:
+    """analyze.py landscape."""
     landscape_options(args)
     out = output_folder(args)
     doc = landscape_report(args)
@@ -239,6 +256,7 @@ def landscape_command(args) -> None:
 # ----------------------------------------------------------------------------- sharpness
 
 def sharpness_command(args) -> None:
+    """analyze.py sharpness."""
     opts = options(measure.SharpnessOptions, args)
     out = output_folder(args)
     run = open_run(args)

@@ -52,6 +52,7 @@ def bn_mode(model: torch.nn.Module, mode: str):
 
 
 def batches_of(run, indices: Sequence[int], batch_size: int, dtype: torch.dtype) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The training images `indices` (no augmentation) in batches on the run's device."""
     out = []
     for start in range(0, len(indices), batch_size):
         x, y = run.images(indices[start:start + batch_size])
@@ -60,6 +61,7 @@ def batches_of(run, indices: Sequence[int], batch_size: int, dtype: torch.dtype)
 
 
 def per_sample_fn(run):
+    """batch -> per-sample training losses of the run's model and loss."""
     return lambda batch: run.criterion(run.model(batch[0]), batch[1])
 
 

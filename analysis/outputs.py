@@ -22,6 +22,7 @@ def prepare_out(folder: str) -> str:
 
 
 def write_json(path: str, obj) -> None:
+    """Write to a temporary file, then rename: a reader never sees half a file."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
@@ -29,11 +30,13 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
+    """The parsed content of a JSON file."""
     with open(path) as f:
         return json.load(f)
 
 
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV file with one header row."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)

@@ -35,6 +35,7 @@ def gaussian(dim: int, generator: torch.Generator, dtype=torch.float32, device="
 
 
 def generator(seed: int) -> torch.Generator:
+    """A CPU torch.Generator seeded with `seed`."""
     return torch.Generator().manual_seed(int(seed))
 
 

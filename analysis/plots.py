@@ -17,16 +17,19 @@ DENSITY_FLOOR = 1e-7  # log-scale plots: densities below this are drawn at it
 
 
 def fmt(x: Optional[float]) -> str:
+    """Three significant digits, or n/a."""
     return "n/a" if x is None else f"{x:.3g}"
 
 
 def hessian_title(result: Dict, label: str) -> str:
+    """Panel title: the label, then lambda_max and Tr(H) ± standard error."""
     err = result.get("trace_stderr")
     trace = f"{fmt(result['trace'])}" + (f" ± {err:.2g}" if err is not None else "")
     return f"{label}\n$\\lambda_{{max}}$ = {fmt(result['lambda_max'])}, Tr(H) = {trace}"
 
 
 def draw_density(ax, result: Dict, label: str) -> None:
+    """The SLQ eigenvalue density of one group on a log axis, lambda_max marked."""
     d = result["density"]
     ax.semilogy(d["grid"], np.maximum(d["density"], DENSITY_FLOOR), color="tab:blue", lw=1.2)
     # Decades only: log-axis minor ticks over ~8 decades made each panel 3x slower to draw.
@@ -42,6 +45,7 @@ def draw_density(ax, result: Dict, label: str) -> None:
 
 
 def draw_contour(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label: str, origin: float) -> None:
+    """Filled contours of a 2-D landscape, w at the cross."""
     z = np.asarray(z)
     levels = contour_levels(z)
     # One colour step per band, so geometric levels are as legible as linear ones.
@@ -68,6 +72,7 @@ def contour_levels(z: np.ndarray, n: int = 16):
 
 
 def draw_surface(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label: str, origin: float) -> None:
+    """A 2-D landscape as a 3-D surface."""
     z = np.asarray(z)
     xx, yy = np.meshgrid(grid, grid)
     ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
@@ -79,6 +84,7 @@ def draw_surface(ax, grid: Sequence[float], z: Sequence[Sequence[float]], label:
 
 
 def draw_lines(ax, alphas: Sequence[float], lines: Dict[str, Sequence[float]], label: str) -> None:
+    """1-D landscapes of several groups on one axis."""
     for name, values in lines.items():
         ax.plot(alphas, values, label=name, color=GROUP_COLORS.get(name))
     ax.axvline(0, color="k", lw=0.5, ls=":")

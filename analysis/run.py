@@ -39,6 +39,7 @@ class LoadedRun:
         return x, y
 
     def describe(self) -> dict:
+        """The run's identity for result files: folder, checkpoint, data, model, loss, optimizer."""
         c = self.cfg
         return {"run": os.path.abspath(self.folder), "checkpoint": os.path.abspath(self.checkpoint),
                 "epochs_trained": self.epochs_trained, "dataset": c.data.name, "imb_factor": c.data.imb_factor,
@@ -82,6 +83,8 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     `overrides`: --set strings (e.g. data.root=DIR on another machine). `class_weights`: "trained"
     sets the DRW weights in force in the run's last trained epoch, "none" leaves every class at 1.
     """
+    # Imported here: the engine pulls in torchvision (seconds to import), which --help, argument
+    # errors and a mistyped run folder need not wait for.
     from engine.build import build_run
     from engine.checkpoint import load_checkpoint
     from engine.config import load_config

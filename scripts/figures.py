@@ -40,6 +40,7 @@ def table_runs(fig: paper.RunFigure, out_root: str, seed: int):
 
 
 def chosen_runs(args, fig: paper.RunFigure):
+    """[(label, run folder)]: the --run list, or the figure's table runs (all must exist)."""
     if args.run:
         runs = []
         for item in args.run:
@@ -61,6 +62,7 @@ def chosen_runs(args, fig: paper.RunFigure):
 
 
 def safe_label(label: str) -> str:
+    """A label usable as a folder name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
@@ -92,6 +94,7 @@ def _groups_of(kind: str, doc: dict):
 # ----------------------------------------------------------------------------- Figures 2, 9-11
 
 def spectra(args) -> None:
+    """Figures 2, 9, 10, 11: one Hessian density panel per (group, method)."""
     fig = paper.SPECTRA[args.figure]
     runs = chosen_runs(args, fig)
     out = prepare_out(args.out or os.path.join("runs", "figures", f"fig{fig.number}"))
@@ -119,6 +122,7 @@ def spectra(args) -> None:
 
 
 def print_rows(header, rows) -> None:
+    """The figure's table on stdout."""
     print("  ".join(f"{h:>12}" for h in header[:5]))
     for r in rows:
         print("  ".join(f"{v:>12.4g}" if isinstance(v, float) else f"{str(v):>12}" for v in r[:5]))
@@ -127,6 +131,7 @@ def print_rows(header, rows) -> None:
 # ----------------------------------------------------------------------------- Figures 6, 7
 
 def landscapes(args) -> None:
+    """Figures 6, 7: surface, contour and line views per (group, method)."""
     fig = paper.LANDSCAPES[args.figure]
     runs = chosen_runs(args, fig)
     out = prepare_out(args.out or os.path.join("runs", "figures", f"fig{fig.number}"))
@@ -152,6 +157,7 @@ def landscapes(args) -> None:
 # ----------------------------------------------------------------------------- Figure 3
 
 def dataset_counts(name: str):
+    """A dataset's training class counts from its base config (no image is read)."""
     from data import class_counts_only
     from engine.config import load_config
     cfg = load_config(os.path.join(ROOT, "configs", "_base", f"{name}.yaml"))
@@ -162,6 +168,7 @@ def dataset_counts(name: str):
 
 
 def focal_weights(args) -> None:
+    """Figure 3: densities of (1 - pi_k)^gamma over the classes of each dataset."""
     from optim.class_weights import focal_sam_weights
     unknown = [d for d in args.datasets if d not in paper.FOCAL_DATASETS]
     if unknown:
@@ -221,6 +228,7 @@ def ablation_plan(args):
 
 
 def ablation(args) -> None:
+    """Figures 4, 5, 8: train the sweep's missing runs (table runner), then plot."""
     from repro import runner
     abl = paper.ABLATIONS[args.figure]
     out_root = os.path.abspath(args.out_root)
@@ -242,6 +250,7 @@ def ablation(args) -> None:
 
 
 def plot_ablation(args, abl: paper.Ablation, plan, out_root: str) -> None:
+    """Accuracy against the swept value per config, mean ± std over finished seeds."""
     out = prepare_out(args.out or os.path.join(out_root, "ablation", f"fig{abl.number}"))
     cells, rows, doc = [], [], []
     for config, chosen, values in plan:
@@ -275,11 +284,13 @@ def plot_ablation(args, abl: paper.Ablation, plan, out_root: str) -> None:
 
 
 def read_final(folder: str):
+    """A run's final.json, or None while it has not finished."""
     path = os.path.join(folder, "final.json")
     return read_json(path) if os.path.isfile(path) else None
 
 
 def mean_of(finals, key: str):
+    """Mean of a metric over the finished runs that report it, or None."""
     vals = [f[key] for f in finals if f is not None and f.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
 
@@ -287,6 +298,7 @@ def mean_of(finals, key: str):
 # ----------------------------------------------------------------------------- command line
 
 def run_figure_arguments(p, figures) -> None:
+    """Options of the figures drawn from runs (spectra, landscapes)."""
     p.add_argument("--figure", required=True, choices=sorted(figures, key=int))
     p.add_argument("--run", action="append", default=[], metavar="LABEL=DIR",
                    help="a run folder and its panel label (repeatable); default: the table's SAM, ImbSAM, "
@@ -297,6 +309,7 @@ def run_figure_arguments(p, figures) -> None:
 
 
 def build_parser():
+    """figures.py's parser: one subcommand per figure kind."""
     parser = commands.Parser(prog="figures.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=commands.Parser)
     p = sub.add_parser("spectra", help="Figures 2, 9, 10, 11")
@@ -330,6 +343,7 @@ COMMANDS = {"spectra": spectra, "landscapes": landscapes, "focal-weights": focal
 
 
 def main(argv=None) -> None:
+    """Parse, run the subcommand; bad input -> one error line, exit 2."""
     args = build_parser().parse_args(argv)
     with user_errors():
         COMMANDS[args.command](args)
