@@ -4,16 +4,16 @@
     python eval.py --config configs/cifar10_lt/la_sam.yaml --checkpoint path/to/last.pt --out eval.json
     python eval.py --checkpoint runs/x/last.pt --ood imagenet_sketch=DIR --ood imagenet_c=DIR   # ImageNet-LT runs
 """
-import argparse
 import os
 
-from engine.cli import config_arguments, user_errors
+from core.args import ArgumentParser
+from engine.cli import check_report_path, config_arguments, user_errors
 from engine.config import load_config
 from core.errors import UserError
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     config_arguments(parser, config_required=False)
     parser.add_argument("--checkpoint", required=True, help="a last.pt written by train.py")
     parser.add_argument("--out", help="report path (default: eval.json, or ood.json with --ood, beside the checkpoint)")
@@ -29,12 +29,14 @@ def main(argv=None) -> None:
             raise UserError(f"no --config given and no config.yaml beside {args.checkpoint}; pass --config FILE")
         cfg = load_config(config, args.set)
         beside = lambda name: os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), name)
+        out = args.out or beside("ood.json" if args.ood else "eval.json")
+        check_report_path(out, args.checkpoint)  # before any work: a bad --out must not cost an evaluation
         if args.ood:
             from engine.ood import evaluate_ood, parse_ood_sets
-            evaluate_ood(cfg, args.checkpoint, parse_ood_sets(args.ood), args.ood_classes, args.out or beside("ood.json"))
+            evaluate_ood(cfg, args.checkpoint, parse_ood_sets(args.ood), args.ood_classes, out)
             return
         from engine.trainer import evaluate_checkpoint
-        evaluate_checkpoint(cfg, args.checkpoint, args.out or beside("eval.json"))
+        evaluate_checkpoint(cfg, args.checkpoint, out)
 
 
 if __name__ == "__main__":

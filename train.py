@@ -8,13 +8,13 @@
 The run folder (--out, default runs/<config>-seed<seed>) receives config.yaml, metrics.jsonl,
 summary.csv, TensorBoard events (tb/), last.pt and final.json.
 """
-import argparse
 
-from engine.cli import config_arguments, resolve_run, user_errors
+from core.args import ArgumentParser
+from engine.cli import claimed_run, config_arguments, user_errors
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     config_arguments(parser, config_required=False)
     parser.add_argument("--out", help="run folder (default: runs/<config name>-seed<seed>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
@@ -26,10 +26,10 @@ def main(argv=None) -> None:
         return
     out = args.resume or args.out or ""
     with user_errors(resume_hint=out):
-        cfg, out, resume = resolve_run(args)
-        from engine.trainer import fit  # heavy imports after the arguments are known to be sane
-        with user_errors(resume_hint=out):
-            fit(cfg, out, resume)
+        with claimed_run(args) as (cfg, out, resume):  # the folder stays locked until fit ends
+            from engine.trainer import fit  # heavy imports after the arguments are known to be sane
+            with user_errors(resume_hint=out):
+                fit(cfg, out, resume)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,17 @@ class ConfigError(UserError):
     def __init__(self, path: str, message: str):
         self.path = path
         Exception.__init__(self, f"config error: {path}: {message}" if path else f"config error: {message}")
+
+
+def brief(reason: object, limit: int = 160) -> str:
+    """The first non-empty line of an exception's text, cut at a word boundary to `limit` characters.
+
+    Library errors (torchvision decoders, load_state_dict, gloo) can run to many lines; a one-line
+    message keeps their first line, never half a word.
+    """
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    text = lines[0] if lines else type(reason).__name__ if isinstance(reason, BaseException) else ""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + "..."

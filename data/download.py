@@ -47,9 +47,17 @@ def fetch_text(urls: Sequence[str], timeout: float, hint: str) -> Tuple[str, str
     raise UserError(f"download failed: {'; '.join(failures)}; {hint}")
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and os.replace, so a
-    reader sees the old file or the whole new one, never a part."""
+    reader sees the old file or the whole new one, never a part. The file ends with the mode of
+    any other file the user writes (a list is shared data, not a secret)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -62,6 +70,7 @@ def write_atomic(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except OSError as e:
         os.unlink(tmp)

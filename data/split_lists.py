@@ -7,6 +7,7 @@ a path relative to the data root, a space, an integer label in 0..C-1. Paths may
 `check_split` compares a parsed list with what the public release holds (`Expected`), so a
 truncated download or a list of another dataset stops before anything trains on it.
 """
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -56,8 +57,17 @@ def read_list(path: str, num_classes: int = None) -> Tuple[List[str], List[int]]
     """-> (relative paths, labels). Stops at the first bad line with its number."""
     if not os.path.isfile(path):
         raise UserError(f"split list not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        return parse_list(f, path, num_classes)
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\0" in data:
+        raise UserError(f"{path} is a binary file, not a split list of '<relative/path> <label>' lines")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                        "save it as UTF-8") from None
+    return parse_list(io.StringIO(text, newline=None), path, num_classes)  # universal newlines, as open()
 
 
 def class_counts(labels: List[int], num_classes: int) -> List[int]:

@@ -1,29 +1,50 @@
-"""Checkpoints: plain dicts of tensors and numbers, written atomically, loaded with weights_only."""
+"""Checkpoints: plain dicts of tensors and numbers, written atomically, loaded with weights_only.
+
+`weights_only=True` makes torch.load refuse any pickled object other than tensors, numbers,
+strings and containers, so a crafted last.pt cannot run code when a run is resumed or evaluated.
+"""
 import os
+from typing import Sequence
 
 import torch
 
-from core.errors import UserError
+from core.errors import UserError, brief
+from engine.report import atomic_write
 
 FORMAT = "lt-sam/1"
+TRAINING_KEYS = ("epoch", "elapsed", "model", "optimizer", "class_counts")   # what --resume needs
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash mid-write never leaves a broken last.pt."""
-    tmp = f"{path}.tmp"
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    """Write through a temporary file of this writer, fsync, rename, fsync the folder: a crash or
+    a full disk mid-write never leaves a broken last.pt (the previous one stays)."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, require: Sequence[str] = ("model",)) -> dict:
+    """The checkpoint's dict; `require` names the entries the caller reads."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
-                        f"({first[:160]})") from None
+        raise UserError(f"cannot load checkpoint {path}: the file is corrupt, not a PyTorch checkpoint, or "
+                        f"holds objects other than tensors and numbers ({brief(e, 120)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an lt-sam checkpoint (no '{FORMAT}' format tag)")
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(repr(k) for k in missing)}: not a complete lt-sam "
+                        "training checkpoint")
     return state
+
+
+def mismatch_reason(error: Exception) -> str:
+    """The useful line of a load_state_dict error: which tensor and which shapes, or which keys.
+
+    PyTorch's message starts with 'Error(s) in loading state_dict for X:' and lists the
+    mismatches on the following lines; the first of those is what the user needs.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    return brief(details[0] if details else (lines[0] if lines else type(error).__name__), 240)

@@ -1,13 +1,32 @@
-"""Command-line plumbing shared by train.py and eval.py: arguments, run folders, error lines."""
+"""Command-line plumbing shared by train.py and eval.py: arguments, run folders, error lines.
+
+Outputs are checked before any work starts: a run folder must be new, empty, or hold only a
+run's own files, and it is claimed with a lock (`flock` on DIR/.lock, released by the kernel
+when the process ends however it ends), so two launches into one folder can never both run and
+interleave their logs. An evaluation report path must be a writable file that is not part of a
+run.
+"""
 import argparse
 import contextlib
+import fcntl
 import os
 import signal
 import sys
+import tempfile
 
+from core.errors import UserError, brief
 from engine.config import load_config
-from engine.distributed import restart_count
-from core.errors import UserError
+from engine.distributed import env_rank, restart_count
+from engine import guards
+from engine.report import TMP_SUFFIX
+
+LOCK = ".lock"
+_held_locks: set = set()   # file descriptors of the run-folder locks this process holds
+# What a run folder may hold before a new run starts in it: a run's own outputs (from an attempt
+# that stopped before its first checkpoint) and the files scripts/run_table.py keeps beside them.
+RUN_FILES = {"config.yaml", "metrics.jsonl", "summary.csv", "tb", "last.pt", "final.json", "eval.json", LOCK,
+             "train.log", "command.json", "FAILED"}
+NOT_A_REPORT = RUN_FILES - {"eval.json"}
 
 
 def config_arguments(parser: argparse.ArgumentParser, config_required: bool) -> None:
@@ -21,25 +40,127 @@ def default_out_dir(config_path: str, seed: int) -> str:
     return os.path.join("runs", f"{stem}-seed{seed}")
 
 
-def resolve_run(args):
-    """-> (config, run folder, resume?) from --config/--set/--out/--resume."""
+def _is_temporary(name: str) -> bool:
+    """A temporary file of engine.report.atomic_write, left behind by a writer that was killed."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def check_run_folder(out: str) -> None:
+    """A new run's folder: absent, empty, or holding only a run's own files."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    if os.path.isdir(out):
+        others = sorted(n for n in os.listdir(out) if n not in RUN_FILES and not _is_temporary(n))
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"--out {out} holds other files ({shown}); a run folder holds one run's outputs "
+                            "only: choose a new or empty folder")
+
+
+def _open_lock(out: str) -> int:
+    try:
+        os.makedirs(out, exist_ok=True)
+        return os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write in {out}: {e.strerror or e}; choose a writable --out") from None
+
+
+@contextlib.contextmanager
+def folder_lock(out: str):
+    """Hold DIR/.lock for the life of the block; refuse if another live process holds it.
+
+    Only the main process of a torchrun group writes, so only global rank 0 takes the lock.
+    The file stays (removing it would let a third process lock a fresh file beside a holder).
+    """
+    if env_rank() != 0:
+        yield
+        return
+    fd = _open_lock(out)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{out} is in use by another run (process {holder}); wait for it to end, "
+                        "or choose another --out") from None
+    _held_locks.add(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for name in os.listdir(out):  # temporary files of writers that were killed mid-write
+            if _is_temporary(name):
+                os.unlink(os.path.join(out, name))
+        yield
+    finally:
+        _held_locks.discard(fd)
+        os.close(fd)
+
+
+def close_inherited_locks() -> None:
+    """In a forked child (a loader worker): close the copies of the run-folder lock. A worker
+    that outlives a killed main process (up to 5 s) would otherwise keep the folder locked and
+    refuse the run that torchrun --max-restarts starts in it."""
+    for fd in list(_held_locks):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+def _config_and_folder(args):
     if args.resume:
         if args.config or args.set:
             raise UserError("--resume continues a run with its saved config.yaml; drop --config and --set")
-        out = args.resume
-        if not os.path.isfile(os.path.join(out, "last.pt")):
-            raise UserError(f"nothing to resume: {os.path.join(out, 'last.pt')} does not exist")
-        return load_config(os.path.join(out, "config.yaml")), out, True
+        if not os.path.isfile(os.path.join(args.resume, "last.pt")):
+            raise UserError(f"nothing to resume: {os.path.join(args.resume, 'last.pt')} does not exist")
+        return load_config(os.path.join(args.resume, "config.yaml")), args.resume
     if not args.config:
         raise UserError("give --config FILE (a YAML in configs/) or --resume DIR")
     cfg = load_config(args.config, args.set)
-    out = args.out or default_out_dir(args.config, cfg.seed)
+    return cfg, args.out or default_out_dir(args.config, cfg.seed)
+
+
+def _is_resume(args, out: str) -> bool:
+    """Decided under the folder's lock: a finished or checkpointed folder is never started over."""
+    if args.resume:
+        return True
     has_run = os.path.isfile(os.path.join(out, "last.pt"))
     if has_run and restart_count() > 0:
-        return cfg, out, True  # torchrun --max-restarts brought us back: continue from the checkpoint
+        return True  # torchrun --max-restarts brought us back: continue from the checkpoint
     if has_run or os.path.isfile(os.path.join(out, "final.json")):
         raise UserError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
-    return cfg, out, False
+    return False
+
+
+@contextlib.contextmanager
+def claimed_run(args):
+    """-> (config, run folder, resume?) from --config/--set/--out/--resume, with the folder
+    checked and locked for this process for the life of the block."""
+    cfg, out = _config_and_folder(args)
+    if not args.resume and not os.path.isfile(os.path.join(out, "last.pt")):
+        check_run_folder(out)  # before anything is created in it
+    with folder_lock(out):
+        yield cfg, out, _is_resume(args, out)
+
+
+def check_report_path(path: str, checkpoint: str, option: str = "--out") -> None:
+    """A report file (eval.py --out): a file path in a writable folder, not a folder and not a
+    run's own file."""
+    if os.path.isdir(path):
+        raise UserError(f"{option} {path} is a folder; give a file path such as {os.path.join(path, 'eval.json')}")
+    if os.path.exists(path) and (os.path.basename(path) in NOT_A_REPORT or
+                                 os.path.exists(checkpoint) and os.path.samefile(path, checkpoint)):
+        raise UserError(f"{option} {path} would overwrite a file of the run; give another path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write {option} {path}: {e.strerror or e}; choose a writable path") from None
 
 
 class Terminated(Exception):
@@ -50,25 +171,39 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _is_loader_failure(e: BaseException) -> bool:
+    """A DataLoader worker died or stalled (PyTorch reports both as RuntimeError text)."""
+    return isinstance(e, RuntimeError) and ("DataLoader worker" in str(e) or "DataLoader timed out" in str(e))
+
+
 @contextlib.contextmanager
 def user_errors(resume_hint: str = ""):
-    """Turn UserError into one 'error: ...' line (exit 2), Ctrl-C and SIGTERM into a resume hint.
+    """Turn UserError into one 'error: ...' line (exit 2), Ctrl-C and SIGTERM into a line that
+    says how to go on (the resume command only when the run folder holds a checkpoint).
 
     Checkpoints are written atomically, so stopping at any point keeps the last one intact.
     """
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    hint = f"; the last checkpoint is kept, continue with: python train.py --resume {resume_hint}" if resume_hint else ""
+    hint = (lambda: f"; {guards.resume_hint(resume_hint)}") if resume_hint else (lambda: "")
     try:
         yield
+    except guards.RunStopped as e:
+        print(f"error: {e}{hint()}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"interrupted{hint}", file=sys.stderr, flush=True)
+        print(f"interrupted{hint()}", file=sys.stderr, flush=True)
         sys.exit(130)
     except Terminated:
-        print(f"stopped by SIGTERM (under torchrun: another rank failed, or the job was cancelled){hint}",
+        print(f"stopped by SIGTERM (under torchrun: another rank failed, or the job was cancelled){hint()}",
               file=sys.stderr, flush=True)
         sys.exit(143)
+    except RuntimeError as e:
+        if not _is_loader_failure(e):
+            raise
+        print(f"error: the data loader failed ({brief(e, 120)}){hint()}", file=sys.stderr, flush=True)
+        sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -33,6 +33,7 @@ from data.options import DataOptions
 from losses.base import LossOptions
 from models.heads import ModelOptions
 from optim.base import OptimOptions, RhoOptions
+from engine.config_checks import check_values
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TrainConfig:
     drop_last: bool = opt(False, "drop the last partial training batch")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes under torchrun (CUDA only)")
     progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
+    dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
 
 
 @dataclass(frozen=True)
@@ -89,26 +91,91 @@ class Config:
 
 # ----------------------------------------------------------------------------- reading YAML
 
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
+    silently, so a second `lr:` would quietly win). Merge keys (`<<: *base`) still override."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it with its position
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.line + 1}); keep one of them",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: str, e: yaml.YAMLError) -> ConfigError:
+    """One line with the file, the line and column of the problem, and what PyYAML found."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return ConfigError("", f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else ""))
+
+
+def _read_text(path: str, inherited_by: str) -> str:
+    """The file as UTF-8 text; a missing, binary or non-UTF-8 file is one error naming it."""
+    if not os.path.exists(path):
+        if inherited_by:
+            raise ConfigError("inherit", f"{inherited_by} inherits {path}, which does not exist")
+        raise ConfigError("", f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigError("", f"{path} is a folder; give a YAML file (see configs/)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
+    if b"\0" in data:
+        raise ConfigError("", f"{path} is a binary file, not a YAML config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError("", f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+
+
+def _inherit_list(raw: dict, path: str) -> list:
+    """The `inherit` entry as a list of non-empty path strings."""
+    parents = raw.pop("inherit", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list):
+        raise ConfigError("inherit", f"expected a path or a list of paths in {path}, got {parents!r}")
+    for i, parent in enumerate(parents):
+        if not isinstance(parent, str) or not parent.strip():
+            raise ConfigError(f"inherit[{i}]", f"expected a file path in {path}, got {parent!r}")
+    return parents
+
+
 def read_yaml_tree(path: str, _seen: tuple = ()) -> dict:
     """Read `path` and everything it inherits into one plain dict (no schema yet)."""
     path = os.path.abspath(path)
     if path in _seen:
         raise ConfigError("inherit", f"inheritance cycle through {path}")
-    if not os.path.isfile(path):
-        raise ConfigError("", f"config file not found: {path}")
+    text = _read_text(path, _seen[-1] if _seen else "")
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        raw = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as e:
-        raise ConfigError("", f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise _yaml_error(path, e) from None
+    except (ValueError, OverflowError, RecursionError) as e:  # e.g. a date 2020-13-01, nesting 10,000 deep
+        raise ConfigError("", f"{path}: cannot read a value ({type(e).__name__}: {str(e)[:80]})") from None
+    if raw is None:
+        raise ConfigError("", f"{path} is empty; a config names at least its sections or an `inherit` "
+                          "(see configs/)")
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path} must hold a mapping of sections, found {type(raw).__name__}")
-    parents = raw.pop("inherit", [])
-    parents = [parents] if isinstance(parents, str) else parents
-    if not isinstance(parents, list):
-        raise ConfigError("inherit", f"expected a path or a list of paths in {path}")
     merged: dict = {}
-    for parent in parents:
+    for parent in _inherit_list(raw, path):
         merged = deep_merge(merged, read_yaml_tree(os.path.join(os.path.dirname(path), parent), _seen + (path,)))
     return deep_merge(merged, raw)
 
@@ -136,9 +203,9 @@ def apply_overrides(tree: dict, overrides: list) -> dict:
         if not sep or not key.strip():
             raise ConfigError("--set", f"expected KEY=VALUE, got '{item}'")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
+            value = yaml.load(text, Loader=StrictLoader) if text.strip() else None
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
+            value = text  # not YAML (or a date like 2020-13-01): the schema then names the key
         node = tree
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -315,6 +382,7 @@ def config_from_tree(tree: dict) -> Config:
     cfg = build_dataclass(Config, tree)
     check_requirements(cfg)
     check_combinations(cfg)
+    check_values(cfg)
     return cfg
 
 

@@ -35,6 +35,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 outside torchrun), before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def restart_count() -> int:
     """How many times torchrun has restarted this worker group (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -43,12 +48,23 @@ def restart_count() -> int:
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    from core.errors import UserError
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            from core.errors import UserError
             raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use train.device=cpu or auto")
-        return torch.device("cuda", local_rank) if requested == "cuda" else torch.device(requested)
-    return torch.device(requested)
+        device = torch.device("cuda", local_rank) if requested == "cuda" else _device(requested)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {requested}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+        return device
+    return _device(requested)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        from core.errors import UserError
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:

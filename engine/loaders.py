@@ -1,12 +1,26 @@
 """DataLoaders for one process or one rank: training shards by DistributedSampler, evaluation
-by an unpadded shard so that the gathered predictions cover every test image exactly once."""
+by an unpadded shard so that the gathered predictions cover every test image exactly once.
+
+A loader never hangs a run silently: with workers, a batch that takes longer than
+LOADER_TIMEOUT_S stops the run with one line and the resume command (a stalled network file
+system, a stuck worker), and so does a worker that dies (out of memory). Workers never print
+tracebacks of their own when the process group is stopped: they ignore Ctrl-C (the main process
+stops and shuts them down) and leave quietly on SIGTERM.
+"""
 import os
+import signal
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from core.errors import ConfigError, brief
 from engine.distributed import DistInfo
-from core.errors import ConfigError
+from engine.guards import RunStopped
+
+# Seconds a training or evaluation step waits for its next batch from the workers. Generous:
+# the first batch of an epoch includes starting the workers, and a worker reads a whole batch of
+# full-size JPEGs (about 1 s for 256 ImageNet images on one core).
+LOADER_TIMEOUT_S = 600
 
 
 class ShardSampler(Sampler):
@@ -22,11 +36,26 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-class DeviceStageLoader:
-    """A DataLoader whose batches are finished on the training device by the dataset's
-    `device_stage` (decode + augment on the GPU); iterates like the loader it wraps."""
+def _leave_quietly(signum, frame) -> None:
+    # Exit status 0: PyTorch's SIGCHLD handler in the main process raises for a worker killed by
+    # a signal, which would race with the main process's own SIGTERM line.
+    os._exit(0)
 
-    def __init__(self, loader: DataLoader, stage, device: torch.device):
+
+def quiet_worker(worker_id: int) -> None:
+    """worker_init_fn: a worker forked from the main process inherits its SIGTERM handler, which
+    raises (engine/cli.py) and printed a traceback per worker; replace it (module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave_quietly)
+    from engine.cli import close_inherited_locks   # the CLI layer: imported only in workers
+    close_inherited_locks()
+
+
+class GuardedLoader:
+    """A DataLoader that reports a stalled or dead worker as one line (RunStopped), and finishes
+    each batch with `stage(batch, device)` when given one; iterates like the loader it wraps."""
+
+    def __init__(self, loader: DataLoader, stage=None, device: torch.device = None):
         self.loader, self.stage, self.device = loader, stage, device
 
     @property
@@ -37,8 +66,22 @@ class DeviceStageLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
-            yield self.stage(batch, self.device)
+        try:
+            for batch in self.loader:
+                yield batch if self.stage is None else self.stage(batch, self.device)
+        except RuntimeError as e:
+            if "DataLoader timed out" in str(e):
+                raise RunStopped(f"no batch from the data loader in {LOADER_TIMEOUT_S} s: a stalled read (network "
+                                 "file system?) or a stuck worker") from None
+            if "DataLoader worker" in str(e):
+                raise RunStopped(f"a data loader worker stopped ({brief(e, 120)}); out of memory? lower "
+                                 "data.num_workers") from None
+            raise
+
+
+class DeviceStageLoader(GuardedLoader):
+    """A loader whose batches are finished on the training device by the dataset's
+    `device_stage` (decode + augment on the GPU)."""
 
 
 def auto_workers(requested: int, info: DistInfo) -> int:
@@ -58,13 +101,13 @@ def per_process_batch(global_batch: int, info: DistInfo, key: str) -> int:
 
 def _make(dataset, batch: int, sampler, info: DistInfo, data_cfg, drop_last: bool = False):
     workers = auto_workers(data_cfg.num_workers, info)
-    extra = dict(persistent_workers=data_cfg.persistent_workers, prefetch_factor=data_cfg.prefetch_factor) \
-        if workers > 0 else {}
+    extra = dict(persistent_workers=data_cfg.persistent_workers, prefetch_factor=data_cfg.prefetch_factor,
+                 timeout=LOADER_TIMEOUT_S, worker_init_fn=quiet_worker) if workers > 0 else {}
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
                         pin_memory=data_cfg.pin_memory and info.device.type == "cuda",
                         collate_fn=getattr(dataset, "collate", None), **extra)
     stage = getattr(dataset, "device_stage", None)
-    return DeviceStageLoader(loader, stage, info.device) if stage is not None else loader
+    return DeviceStageLoader(loader, stage, info.device) if stage is not None else GuardedLoader(loader)
 
 
 def train_loader(dataset, global_batch: int, info: DistInfo, seed: int, data_cfg, drop_last: bool):
@@ -72,8 +115,12 @@ def train_loader(dataset, global_batch: int, info: DistInfo, seed: int, data_cfg
     run visits the same batches; call `loader.sampler.set_epoch(e)` each epoch."""
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=seed, drop_last=drop_last)
-    return _make(dataset, per_process_batch(global_batch, info, "train.batch_size"), sampler, info, data_cfg,
-                 drop_last)
+    loader = _make(dataset, per_process_batch(global_batch, info, "train.batch_size"), sampler, info, data_cfg,
+                   drop_last)
+    if len(loader) == 0:
+        raise ConfigError("train.batch_size", f"{global_batch} with train.drop_last=true leaves no full batch of "
+                          f"the {len(dataset)} training images; lower train.batch_size or set train.drop_last=false")
+    return loader
 
 
 def eval_loader(dataset, global_batch: int, info: DistInfo, data_cfg):

@@ -1,12 +1,37 @@
 """What a run leaves in its folder: config.yaml, metrics.jsonl (one line per epoch), summary.csv,
-TensorBoard events, final.json. Only the main process writes."""
+TensorBoard events, final.json. Only the main process writes.
+
+Every whole-file write goes through `atomic_write`: a temporary file unique to the writer in the
+same folder, flushed and fsynced, renamed over the destination, then the folder fsynced, so a
+crash or a full disk leaves the old file or the whole new one, never a part, and two writers
+never share a temporary name. A write that fails stops the run with one line (`RunStopped`).
+"""
 import csv
+import io
 import json
 import os
 import subprocess
-from typing import List, Optional
+import tempfile
+from typing import IO, Callable, List, Optional
+
+import yaml
+
+from core.errors import UserError
+from engine.guards import RunStopped
 
 CSV_KEYS = ["epoch", "lr", "rho", "train_loss", "train_acc", "top1", "head", "medium", "tail", "ece", "epoch_seconds"]
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a finished file gets the mode that open()
+# would have given it (0666 less the umask), like every other file the user makes.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def git_revision() -> Optional[str]:
@@ -20,18 +45,82 @@ def git_revision() -> Optional[str]:
         return None
 
 
+def write_failed(path: str, error: OSError) -> RunStopped:
+    return RunStopped(f"cannot write {path}: {error.strerror or error}")
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename in `folder` durable (POSIX: the directory entry is data of the folder)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a fresh temporary file next to `path`, then put it in place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+        fsync_folder(folder)
+    except OSError as e:
+        _remove(tmp)
+        raise write_failed(path, e) from None
+    except BaseException:  # Ctrl-C mid-write: the destination stays as it was
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def write_yaml(path: str, tree: dict) -> None:
+    """The resolved config (a plain dict from engine.config.config_to_dict) as YAML."""
+    write_text(path, yaml.safe_dump(tree, sort_keys=False))
 
 
 def read_metrics(path: str) -> List[dict]:
+    """The epoch rows of metrics.jsonl. A torn last line (the process died while appending it)
+    is dropped: its epoch has no checkpoint, so the resumed run writes it again."""
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            if number == len(lines):
+                break
+            raise UserError(f"{path}: line {number} is not an epoch record; the file was edited or damaged "
+                            "(move it away to resume without the earlier epochs' log)")
+        rows.append(row)
+    return rows
 
 
 class RunWriter:
@@ -45,30 +134,41 @@ class RunWriter:
             return
         self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
         self.history = [r for r in read_metrics(self.metrics_path) if r["epoch"] < start_epoch]
-        with open(self.metrics_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         self._rewrite_csv()
         from torch.utils.tensorboard import SummaryWriter  # slow import: only on the main process
         self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=start_epoch)
 
     def _rewrite_csv(self) -> None:
-        with open(os.path.join(self.out_dir, "summary.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_KEYS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.history)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, CSV_KEYS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.history)
+        write_text(os.path.join(self.out_dir, "summary.csv"), text.getvalue())
 
     def log_epoch(self, row: dict) -> None:
         if not self.enabled:
             return
         self.history.append(row)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_failed(self.metrics_path, e) from None
         self._rewrite_csv()
-        for key in CSV_KEYS[1:]:
-            if row.get(key) is not None:
-                self.tb.add_scalar(key, row[key], row["epoch"])
-        self.tb.flush()
+        try:
+            for key in CSV_KEYS[1:]:
+                if row.get(key) is not None:
+                    self.tb.add_scalar(key, row[key], row["epoch"])
+            self.tb.flush()
+        except OSError as e:
+            raise write_failed(os.path.join(self.out_dir, "tb"), e) from None
 
     def close(self) -> None:
         if self.enabled:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError:
+                pass  # already stopping (e.g. the disk is full): the events written so far stay

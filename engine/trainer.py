@@ -15,18 +15,17 @@ from torch.nn.parallel import DistributedDataParallel
 from core.errors import UserError
 from engine import distributed as dist_utils
 from engine.build import build_run
-from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.config import Config, config_to_dict, save_config
+from engine.checkpoint import TRAINING_KEYS, load_checkpoint, mismatch_reason, save_checkpoint
+from engine.config import Config, config_to_dict
+from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state, stop_note
 from engine.loaders import eval_loader, train_loader
 from engine.metrics import summarize
-from engine.report import RunWriter, git_revision, write_json
+from engine.report import RunWriter, git_revision, write_json, write_yaml
 from optim.base import AMP_DTYPES
 
 CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
 
 
-class NonFiniteLoss(UserError):
-    pass
 
 
 def progress_enabled(setting: str, info) -> bool:
@@ -58,7 +57,7 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
             loss_sum = totals[0].item()
             if not math.isfinite(loss_sum):
                 raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}; "
-                                    f"{checkpoint_note}; lower optim.lr or optim.rho, or use train.amp=none/bf16")
+                                    f"{checkpoint_note}")
             checked = step + 1
             if bar is not None:
                 bar.update(step + 1 - bar.n)
@@ -116,8 +115,7 @@ def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"{path} does not match this config's model or optimizer "
-                        f"({str(e).splitlines()[0][:160]})") from None
+        raise UserError(f"{path} does not match this config's model or optimizer ({mismatch_reason(e)})") from None
 
 
 def _wrap_distributed(model, cfg, info):
@@ -138,7 +136,7 @@ def _wrap_distributed(model, cfg, info):
 
 def fit(cfg: Config, out_dir: str, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir` (or continue it from out_dir/last.pt); return the final report."""
-    info = dist_utils.init_distributed(cfg.train.device)
+    info = dist_utils.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         return _fit(cfg, out_dir, resume, info)
     except RuntimeError as e:
@@ -159,14 +157,14 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
     ckpt_path = os.path.join(out_dir, "last.pt")
     start_epoch, elapsed, best = 0, 0.0, None
     if resume:
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, require=TRAINING_KEYS)
         _restore(state, model, optimizer, counts, ckpt_path)
         start_epoch, elapsed, best = state["epoch"], state["elapsed"], state.get("best_on_test")
         if info.is_main:
             print(f"resuming {out_dir} after epoch {start_epoch} of {cfg.train.epochs}", flush=True)
     elif info.is_main:
         os.makedirs(out_dir, exist_ok=True)
-        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+        write_yaml(os.path.join(out_dir, "config.yaml"), config_to_dict(cfg))
     dist_utils.barrier()
 
     net = _wrap_distributed(model, cfg, info)
@@ -180,11 +178,14 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
             values = run.epoch_values.apply(epoch, optimizer, criterion)
             train_dl.sampler.set_epoch(epoch)
             splits.train.set_epoch(epoch)
-            note = f"the last good checkpoint is {ckpt_path} (epoch {epoch})" if epoch else "no checkpoint yet"
+            note = stop_note(ckpt_path, epoch, cfg, run.epoch_values)
             stats = train_one_epoch(net, optimizer, criterion, train_dl, epoch, cfg.train, info, note)
+            check_finite_state(model, optimizer, epoch, note)   # never log or save NaN weights
             last = epoch == cfg.train.epochs - 1
             report = evaluate(model, test_dl, info, counts, cfg.data, cfg.train.amp) \
                 if last or (epoch + 1) % cfg.train.eval_every == 0 else None
+            if report is not None:
+                check_finite_report(report, note)   # NaN outputs from finite weights (e.g. BN statistics)
             if report is not None and (best is None or report["top1"] > best["top1"]):
                 best = {"top1": report["top1"], "epoch": epoch}
             seconds = time.time() - t0
@@ -208,6 +209,7 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
              "git_revision": git_revision(),
              "run": {"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
                      "optim": cfg.optim.name, "seed": cfg.seed}}
+    check_finite_report(final, note if cfg.train.epochs > start_epoch else "the checkpoint is not usable")
     if info.is_main:
         write_json(os.path.join(out_dir, "final.json"), final)
         print(f"final: top1 {final['top1']:.2f}  head {_fmt(final['head'])}  medium {_fmt(final['medium'])}  "
@@ -230,7 +232,7 @@ def _print_epoch(row: dict, epochs: int) -> None:
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
     """Evaluate the weights in `checkpoint` on the config's test set; write the report to out_path."""
-    info = dist_utils.init_distributed(cfg.train.device)
+    info = dist_utils.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         state = load_checkpoint(checkpoint)
         run = build_run(cfg, info.device)
@@ -240,9 +242,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
             model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:
             raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' with {splits.num_classes} "
-                            f"classes ({str(e).splitlines()[0][:160]})") from None
+                            f"classes ({mismatch_reason(e)})") from None
         loader = eval_loader(splits.test, cfg.train.eval_batch_size, info, cfg.data)
         report = evaluate(model, loader, info, splits.class_counts, cfg.data, cfg.train.amp)
+        check_finite_report(report, f"the weights in {checkpoint} are not usable")
         report.update(class_counts=splits.class_counts, class_names=splits.class_names, checkpoint=os.path.abspath(checkpoint),
                       epochs_trained=state.get("epoch"), git_revision=git_revision(),
                       run={"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,

@@ -22,7 +22,10 @@ import torch
 from PIL import Image
 
 
+from core.args import ArgumentParser, at_least
 from data.listfile import IMAGENET_MEAN, IMAGENET_STD, ListDataset, collate_encoded
+from engine.cli import user_errors
+from engine.distributed import pick_device
 
 
 def make_tree(root: str, n: int, classes: int = 10) -> str:
@@ -79,13 +82,18 @@ def loader_rate(ds, workers: int, batch: int = 32, device=torch.device("cpu")) -
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=128)
-    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=at_least(1), default=128)
+    ap.add_argument("--workers", type=at_least(0), nargs="*", default=[1, 2])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--root", help="reuse/keep the JPEG tree here (default: a temporary folder)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    with user_errors():
+        run(args)
+
+
+def run(args) -> None:
+    device = pick_device(args.device)
     torch.set_num_threads(1)   # one worker = one thread of decode work
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or tmp

@@ -21,9 +21,12 @@ import time
 
 import torch
 
+from core.args import ArgumentParser, at_least
 from engine.build import build_run
+from engine.cli import check_report_path, user_errors
 from engine.config import load_config
 from engine.distributed import pick_device
+from engine.report import write_json
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
 DATASETS = ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"]
@@ -92,19 +95,34 @@ def peak_memory(cfg, model0, batch, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="cifar10_lt", choices=DATASETS)
-    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    ap.add_argument("--batch", type=int, help="per-step batch (default: the config's train.batch_size)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per optimizer")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), type=optimizer_names)
+    ap.add_argument("--batch", type=at_least(1), help="per-step batch (default: the config's train.batch_size)")
+    ap.add_argument("--steps", type=at_least(1), default=10, help="timed steps per optimizer")
+    ap.add_argument("--warmup", type=at_least(0), default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    with user_errors():
+        run(args)
 
+
+def optimizer_names(text: str) -> list:
+    """argparse type of --optimizers: a comma-separated subset of OPTIMIZERS."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected names among {','.join(OPTIMIZERS)}, got {text!r}")
+    return names
+
+
+def run(args) -> None:
+    if args.json:
+        check_report_path(args.json, "", "--json")   # before the minutes of timing
     device = pick_device(args.device)
-    names = args.optimizers.split(",")
+    names = args.optimizers
     cfgs = {n: load_config(os.path.join(ROOT, "configs", args.dataset, f"la_{n}.yaml"), args.set) for n in names}
     first = cfgs[names[0]]
     run0 = build_run(first, device, load_data=False)
@@ -133,8 +151,7 @@ def main(argv=None):
         mem = f" {r['peak_gib']:.2f} |" if r["peak_gib"] is not None else ""
         print(f"| {n} | {r['seconds_per_step']:.4f} | {ratio} | {r['seconds_per_epoch']:.1f} |{mem}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": str(device), "dataset": args.dataset, "batch": batch, "rows": rows}, f, indent=1)
+        write_json(args.json, {"device": str(device), "dataset": args.dataset, "batch": batch, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 from data.download import fetch_text, write_atomic                                      # noqa: E402
 from data.split_lists import IMAGENET_LT_TRAIN, check_split, parse_list, read_list, summary  # noqa: E402
+from core.args import ArgumentParser, positive_seconds  # noqa: E402
 from core.errors import UserError                                                       # noqa: E402
 
 NAME = "ImageNet_LT_train.txt"
@@ -38,12 +39,22 @@ def by_hand(out: str) -> str:
             f"python scripts/get_imagenet_lt_list.py --check {out}")
 
 
+def shipped_list(path: str) -> bool:
+    """One of the lists that ship with the repository (the test and val lists, class names)."""
+    shipped = os.path.dirname(DEFAULT_OUT)
+    return (os.path.isfile(path) and os.path.basename(path) != NAME
+            and os.path.dirname(os.path.abspath(path)) == os.path.abspath(shipped))
+
+
 def check_file(path: str) -> str:
     """Check a list on disk against the public release; -> its summary line."""
     try:
         paths, labels = read_list(path, num_classes=IMAGENET_LT_TRAIN.classes)
         check_split(paths, labels, IMAGENET_LT_TRAIN, path)
     except UserError as e:
+        if shipped_list(path):  # never advise an --out that would overwrite a shipped list
+            raise UserError(f"{e}; {os.path.basename(path)} ships with the repository and is not the training "
+                            f"list: check {NAME} instead (--check {DEFAULT_OUT})") from None
         raise UserError(f"{e}; get a fresh copy with: python scripts/get_imagenet_lt_list.py --out {path}") from None
     return summary(labels)
 
@@ -60,12 +71,22 @@ def download(out: str, timeout: float) -> str:
     return f"{summary(labels)}, from {url}"
 
 
+def check_out(out: str) -> None:
+    """Before downloading: --out must be a file path that is not one of the shipped lists."""
+    if os.path.isdir(out):
+        raise UserError(f"--out {out} is a folder; give the file path, e.g. {os.path.join(out, NAME)}")
+    if shipped_list(out):
+        raise UserError(f"--out {out} would overwrite a list that ships with the repository; "
+                        f"give another path (default: {DEFAULT_OUT})")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"where to write the list (default: {DEFAULT_OUT})")
     parser.add_argument("--check", nargs="?", const=DEFAULT_OUT, metavar="PATH",
                         help="only check an existing list (default PATH: the --out default); no download")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server (default 60)")
+    parser.add_argument("--timeout", type=positive_seconds, default=60.0,
+                        help="seconds to wait for the server (default 60)")
     return parser.parse_args(argv)
 
 
@@ -75,6 +96,7 @@ def main(argv=None) -> int:
         if args.check:
             print(f"ok: {args.check}: {check_file(args.check)}")
         else:
+            check_out(args.out)
             print(f"wrote {args.out}: {download(args.out, args.timeout)}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

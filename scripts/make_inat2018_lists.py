@@ -29,6 +29,7 @@ from data.download import fetch_text, write_atomic                     # noqa: E
 from data.split_lists import (INAT2018_TRAIN, INAT2018_VAL, Expected,   # noqa: E402
                               check_relative, check_split, first_difference, format_list, parse_list,
                               read_list, summary)
+from core.args import ArgumentParser, positive_seconds  # noqa: E402
 from core.errors import UserError                                      # noqa: E402
 
 TRAIN, VAL = "iNaturalist18_train.txt", "iNaturalist18_val.txt"
@@ -60,6 +61,8 @@ def load_annotations(path: str) -> dict:
         raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); download it again") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 JSON; expected an iNaturalist 2018 annotation file") from None
+    except RecursionError:
+        raise UserError(f"{path} nests too deeply to be an iNaturalist 2018 annotation file") from None
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise UserError(f"{path} has no '{key}' list; expected an iNaturalist 2018 annotation file "
@@ -95,12 +98,18 @@ def _label_of_image(data: dict, source: str) -> Dict[object, int]:
 
 def convert(data: dict, source: str) -> Tuple[List[str], List[int]]:
     """-> (file names, category ids) in the order of data['images'], joined on image id."""
+    if not data["images"]:
+        raise UserError(f"{source}: 'images' is empty; expected an iNaturalist 2018 annotation file")
     label_of = _label_of_image(data, source)
-    paths, labels = [], []
+    paths, labels, first = [], [], {}
     for i, image in enumerate(data["images"]):
         where = f"{source}: images[{i}]"
         image_id = _field(image, "id", where, (int, str))
         file_name = _field(image, "file_name", where, (str,))
+        if image_id in first:
+            raise UserError(f"{where}: image id {image_id!r} is also the id of images[{first[image_id]}]; "
+                            "expected one entry per image")
+        first[image_id] = i
         if image_id not in label_of:
             raise UserError(f"{where}: image {image_id!r} ({file_name}) has no annotation")
         check_relative(file_name, where)
@@ -149,8 +158,11 @@ def compare_with_shipped(val: Built, shipped: str) -> None:
     """Refuse a val list that differs from the shipped one; the message names the first line."""
     if not os.path.isfile(shipped):
         raise UserError(f"shipped val list not found: {shipped}")
-    with open(shipped, encoding="utf-8") as f:
-        theirs = [line.rstrip("\n").rstrip("\r") for line in f if line.strip()]
+    try:
+        with open(shipped, encoding="utf-8") as f:
+            theirs = [line.rstrip("\n").rstrip("\r") for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{shipped} is not UTF-8 text; give the shipped val list (--shipped-val)") from None
     ours = format_list(val.paths, val.labels).splitlines()
     number = first_difference(ours, theirs)
     if number is not None:
@@ -175,7 +187,7 @@ def shipped_to_compare(given: Optional[str], official: bool, val_out: str) -> Op
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-json", help="iNaturalist 2018 train2018.json")
     parser.add_argument("--val-json", help="iNaturalist 2018 val2018.json")
     parser.add_argument("--fetch", action="store_true",
@@ -190,7 +202,8 @@ def parse_args(argv):
     parser.add_argument("--shipped-val", metavar="PATH",
                         help=f"compare the val list with this file (default: {SHIPPED_VAL} unless "
                              f"--skip-official-checks)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server with --fetch")
+    parser.add_argument("--timeout", type=positive_seconds, default=60.0,
+                        help="seconds to wait for the server with --fetch")
     return parser.parse_args(argv)
 
 

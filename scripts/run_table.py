@@ -12,6 +12,7 @@ a failed run is reported at the end (exit 1) and does not stop the others. Then
 """
 import argparse
 import dataclasses
+import glob
 import os
 import re
 import shlex
@@ -32,6 +33,28 @@ def detect_gpus(text: str) -> list:
     import torch
     n = torch.cuda.device_count()
     return [str(i) for i in range(n)] if n else ["cpu"]
+
+
+def check_arguments(args, runs) -> None:
+    """Refuse, before anything is launched, arguments that would fail every run or never schedule
+    one (a negative share of a GPU, a GPU listed twice: the scheduler would wait forever), and
+    check each run's config with its --set overrides and seed once."""
+    from core.errors import UserError
+    from engine.config import load_config
+    if args.runs_per_gpu < 0 or args.procs_per_run < 0:
+        raise UserError("--runs-per-gpu and --procs-per-run must be >= 0 (0: the default)")
+    gpus = (args.gpus or "all").replace(",", " ").split()
+    if gpus not in (["all"], ["cpu"]):
+        if not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+            raise UserError(f"--gpus {args.gpus!r}: give 'all', 'cpu', or distinct GPU ids such as '0 1'")
+    for config, sets, seed in sorted({(r.config, r.sets, r.seed) for r in runs}):
+        full = os.path.join(spec.ROOT, config)
+        for path in sorted(glob.glob(os.path.join(full, "la_*.yaml"))) if os.path.isdir(full) else [full]:
+            try:
+                load_config(path, [f"seed={seed}", *sets])
+            except UserError as e:
+                given = f" with --set {' '.join(args.set)}" if args.set else ""
+                raise UserError(f"{os.path.relpath(path, spec.ROOT)}{given}: {e}; nothing was launched") from None
 
 
 def main(argv=None):
@@ -86,6 +109,7 @@ def main(argv=None):
         runs = [dataclasses.replace(r, sets=r.sets + tuple([roots[r.config]] if r.config in roots else [])
                                     + tuple(args.set)) for r in runs]
         bench_args = ["--steps", "2", "--warmup", "1", "--batch", "8"] if args.smoke else []
+        check_arguments(args, runs)
 
         if args.dry_run:
             states = {}

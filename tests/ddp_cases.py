@@ -48,3 +48,13 @@ def batches(steps=3, b=12):
             y[0::2] = y[0::2] % 2
         out.append((x, y))
     return out
+
+
+NORM_CASES = [("groupnorm", "sam"), ("groupnorm", "focal_sam"), ("batchnorm", "sam")]
+
+
+def image_batches(steps=3, b=12):
+    """Global batches of small float64 images for the normalisation cases; rank r takes x[r::W]."""
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(b, 3, 5, 5, generator=g, dtype=torch.float64), torch.randint(0, 4, (b,), generator=g))
+            for _ in range(steps)]

@@ -1,6 +1,7 @@
 """Run under torchrun by tests/test_distributed.py: every optimizer for a few steps under DDP
-(gloo, CPU, float64, a model without BatchNorm), each rank on its shard x[rank::world] of the
-same global batches; rank 0 saves the final weights for the test to compare with one process.
+(gloo, CPU, float64, a model without BatchNorm; then a GroupNorm and a BatchNorm model), each
+rank on its shard x[rank::world] of the same global batches; rank 0 saves the final weights for
+the test to compare with one process.
 
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT.pt
 """
@@ -14,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from engine import distributed as dist_utils          # noqa: E402
-from reference import ConvBN, MLP, per_sample_ce      # noqa: E402
-from ddp_cases import CASES, batches, drw_weights_loss, make_optimizer  # noqa: E402
+from reference import ConvBN, ConvGN, MLP, per_sample_ce                          # noqa: E402
+from ddp_cases import CASES, NORM_CASES, batches, drw_weights_loss, image_batches, make_optimizer  # noqa: E402
 
 
 def main(out_path: str) -> None:
@@ -37,6 +38,15 @@ def main(out_path: str) -> None:
     for x, y in batches():
         opt.step(ddp, x[info.rank::info.world_size], y[info.rank::info.world_size], loss)
     results["drw_weights"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # Models with a normalisation layer: GroupNorm (per sample) and BatchNorm (per rank's share).
+    for norm, name in NORM_CASES:
+        torch.manual_seed(0)
+        model = (ConvGN if norm == "groupnorm" else ConvBN)().double()
+        ddp = DistributedDataParallel(model)
+        opt = make_optimizer(name, model, "global")
+        for x, y in image_batches():
+            opt.step(ddp, x[info.rank::info.world_size], y[info.rank::info.world_size], per_sample_ce)
+        results[f"{norm}/{name}"] = {n: p.detach().clone() for n, p in model.named_parameters()}
     # BN frozen in the perturbed pass under DDP: statistics = rank 0's buffers after its clean forward.
     torch.manual_seed(0)
     bn_model = ConvBN().double()

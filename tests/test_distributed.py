@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from ddp_cases import CASES, COUNTS, batches, drw_weights_loss, make_optimizer
+from ddp_cases import CASES, COUNTS, NORM_CASES, batches, drw_weights_loss, image_batches, make_optimizer
 from optim.class_weights import focal_sam_weights, imbsam_weights
-from reference import (ConvBN, MLP, ccsam_grads, per_sample_ce, sgd_update, sum_over_shards, weighted_sam_grads)
+from reference import (ConvBN, ConvGN, MLP, ccsam_grads, per_sample_ce, sgd_update, sum_over_shards,
+                       weighted_sam_grads)
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -66,7 +67,7 @@ def local_reference(name, world=2):
 def test_global_mode_equals_one_process(ddp_results, name):
     ddp, single = ddp_results[f"{name}/global"], one_process(name)
     for n in single:
-        torch.testing.assert_close(ddp[n], single[n], rtol=0, atol=1e-10, msg=f"{name}: {n}")
+        torch.testing.assert_close(ddp[n], single[n], rtol=0, atol=1e-15, msg=f"{name}: {n}")   # float64 rounding
 
 
 @pytest.mark.parametrize("name", [n for n, m in CASES if m == "local"])
@@ -85,6 +86,32 @@ def test_drw_weights_reduction_under_ddp_equals_one_process(ddp_results):
         opt.step(model, x, y, loss)
     for n, p in model.named_parameters():
         torch.testing.assert_close(ddp_results["drw_weights"][n], p.detach(), rtol=0, atol=1e-10, msg=n)
+
+
+def one_process_norm(norm, name):
+    torch.manual_seed(0)
+    model = (ConvGN if norm == "groupnorm" else ConvBN)().double()
+    opt = make_optimizer(name, model, "global")
+    for x, y in image_batches():
+        opt.step(model, x, y, per_sample_ce)
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def max_difference(a, b):
+    return max((a[n] - b[n]).abs().max().item() for n in b)
+
+
+@pytest.mark.parametrize("name", [n for norm, n in NORM_CASES if norm == "groupnorm"])
+def test_groupnorm_two_processes_equal_one_to_float64_rounding(ddp_results, name):
+    """What the README claims: with a per-sample normalisation the gradient exchange makes two
+    processes compute what one computes on the whole batch, to float64 rounding."""
+    assert max_difference(ddp_results[f"groupnorm/{name}"], one_process_norm("groupnorm", name)) < 1e-15
+
+
+def test_batchnorm_two_processes_differ_from_one(ddp_results):
+    """What the README says is not equal: BatchNorm normalises over each rank's share of the
+    batch (as DataParallel did in the paper's runs), so the weights differ from one process."""
+    assert max_difference(ddp_results["batchnorm/sam"], one_process_norm("batchnorm", "sam")) > 1e-4
 
 
 def test_bn_frozen_perturbed_pass_under_ddp(ddp_results):
