@@ -14,7 +14,6 @@ and the implied seconds per epoch (training steps only: no data loading, no eval
 A benchmark, not a test: the figures depend on the machine and what else runs on it.
 """
 import argparse
-import json
 import os
 import statistics
 import time
