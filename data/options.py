@@ -1,6 +1,6 @@
 """The keys every dataset's config section has, and what every dataset builder returns."""
 from dataclasses import dataclass
-from typing import List
+from typing import List, Literal
 
 from core.options import opt
 
@@ -17,6 +17,13 @@ class DataOptions:
     pin_memory: bool = opt(True, "page-locked batches for faster host-to-GPU copies (CUDA only)")
     persistent_workers: bool = opt(True, "keep loader workers between epochs (num_workers > 0)")
     prefetch_factor: int = opt(2, "batches each worker prepares ahead (num_workers > 0)")
+
+
+@dataclass(frozen=True)
+class InMemoryOptions(DataOptions):
+    """Sets held in memory as uint8 arrays (CIFAR-LT, synthetic), which can live on the device."""
+    loader: Literal["auto", "workers", "device"] = opt(
+        "auto", "workers: DataLoader with CPU workers; device: the set on the GPU, crop/flip there; auto: device on CUDA")
 
 
 @dataclass
