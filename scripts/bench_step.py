@@ -4,6 +4,7 @@
     python scripts/bench_step.py                                  # CIFAR-10-LT rows, ResNet-32, this machine
     python scripts/bench_step.py --dataset cifar100_lt --steps 20
     python scripts/bench_step.py --dataset imagenet_lt --batch 128 --set train.amp=bf16   # on a GPU
+    python scripts/bench_step.py --optimizers sam,focal_sam --also optim.clean_backward=batched   # extra rows
 
 Each optimizer is built from the paper config `configs/<dataset>/la_<optimizer>.yaml` (so the
 hyper-parameters are the rows' own), on a copy of one initial model, and steps through the same
@@ -21,6 +22,7 @@ import time
 
 import torch
 
+from core.errors import ConfigError
 from engine.build import build_run
 from engine.config import load_config
 from engine.distributed import pick_device
@@ -91,6 +93,21 @@ def peak_memory(cfg, model0, batch, device):
     return peak
 
 
+def row_configs(dataset: str, optimizers, overrides, also) -> dict:
+    """{row label: config}: each optimizer's paper config, plus one row per `--also` override
+    that the optimizer reads (label "focal_sam +optim.clean_backward=batched")."""
+    cfgs = {}
+    for n in optimizers:
+        path = os.path.join(ROOT, "configs", dataset, f"la_{n}.yaml")
+        cfgs[n] = load_config(path, overrides)
+        for extra in also:
+            try:
+                cfgs[f"{n} +{extra}"] = load_config(path, overrides + [extra])
+            except ConfigError:      # an option this optimizer does not have: no row
+                pass
+    return cfgs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="cifar10_lt", choices=DATASETS)
@@ -100,12 +117,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
+    ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra row per optimizer that reads KEY, with this override (timed in the same rotation)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
     device = pick_device(args.device)
-    names = args.optimizers.split(",")
-    cfgs = {n: load_config(os.path.join(ROOT, "configs", args.dataset, f"la_{n}.yaml"), args.set) for n in names}
+    cfgs = row_configs(args.dataset, args.optimizers.split(","), args.set, args.also)
+    names = list(cfgs)
     first = cfgs[names[0]]
     run0 = build_run(first, device, load_data=False)
     counts, model0 = run0.class_counts, run0.model
