@@ -22,7 +22,7 @@ import torchvision
 from core.errors import UserError, brief
 from core.options import opt
 from data.arrays import in_memory_splits, long_tailed_counts, long_tailed_indices
-from data.options import DataOptions, DataSplits
+from data.options import DataSplits, InMemoryOptions
 
 SPECS = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
@@ -166,7 +166,7 @@ def cifar_lt(name: str, root: str, download: bool, imb_factor: float):
 
 
 @dataclass(frozen=True)
-class CifarOptions(DataOptions):
+class CifarOptions(InMemoryOptions):
     download: bool = opt(True, "fetch the CIFAR pickles into root when missing and the network allows")
     imb_factor: float = opt(100.0, "n_max / n_min of the long-tailed profile (10, 50, 100, 200)")
 

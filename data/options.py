@@ -20,6 +20,13 @@ class DataOptions:
     preprocess: Literal["standard", "clip"] = opt("standard", "clip: 224 px crops with CLIP's mean/std (foundation models)")
 
 
+@dataclass(frozen=True)
+class InMemoryOptions(DataOptions):
+    """Sets held in memory as uint8 arrays (CIFAR-LT, synthetic), which can live on the device."""
+    loader: Literal["auto", "workers", "device"] = opt(
+        "auto", "workers: DataLoader with CPU workers; device: the set on the GPU, crop/flip there; auto: device on CUDA")
+
+
 @dataclass
 class DataSplits:
     """A built dataset: training and test sets (items: (image tensor, label)), counts, names."""

@@ -11,11 +11,11 @@ import numpy as np
 
 from core.options import opt
 from data.arrays import in_memory_splits, long_tailed_counts
-from data.options import DataOptions, DataSplits
+from data.options import DataSplits, InMemoryOptions
 
 
 @dataclass(frozen=True)
-class SyntheticOptions(DataOptions):
+class SyntheticOptions(InMemoryOptions):
     imb_factor: float = opt(100.0, "n_max / n_min of the long-tailed profile")
     num_classes: int = opt(10, "number of classes (list datasets: every label must be below it)")
     image_size: int = opt(16, "image side fed to the network, pixels (list datasets' paper configs: 224)")

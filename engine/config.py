@@ -49,6 +49,7 @@ class TrainConfig:
     eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)")
     drop_last: bool = opt(False, "drop the last partial training batch")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes under torchrun (CUDA only)")
+    compile: Literal["none", "model"] = opt("none", "model: torch.compile the model for training (every pass); none: eager")
     progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
     dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
 

@@ -120,17 +120,22 @@ def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
 
 def _wrap_distributed(model, cfg, info):
     """DDP around the model under torchrun (SyncBatchNorm first when asked); the model itself otherwise.
+    With train.compile=model the module the optimizer steps is torch.compile'd, inside DDP, so the
+    optimizers still see the DDP module and reduce gradients themselves; checkpoints and
+    evaluation use the eager `model`, which shares its parameters and buffers.
 
     The optimizers run every pass under `no_sync()` and reduce gradients themselves (optim/base.py);
     DDP still broadcasts rank 0's parameters at construction and its buffers before each forward.
     """
     if not info.distributed:
-        return model
+        return torch.compile(model) if cfg.train.compile == "model" else model
     if cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise UserError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
                             "set train.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.compile == "model":
+        model = torch.compile(model)
     return DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
 
 

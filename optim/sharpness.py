@@ -10,7 +10,10 @@ For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y
 perturbation: one forward, one backward); SAM a=0, c=1 (2 fwd, 2 bwd); ImbSAM a = head mask,
 c = tail mask; Focal-SAM c = lam (1 - pi_k)^gamma, a = 1 - c (2 fwd, 3 bwd). Focal-SAM with
 gamma=0, lam=1 is SAM. grad L_a(w) and u come from ONE forward pass (two backward passes through
-the same graph); the perturbed pass is the second forward. A batch whose sharpness part is empty
+the same graph); the perturbed pass is the second forward. With clean_backward="batched" those
+two backward passes are one: backward is linear in the per-sample weights, so
+autograd.grad(l, w, grad_outputs=[a[y]/b; c[y]/b], is_grads_batched=True) gives both gradients
+(vmap over the two weight rows), the same numbers as two passes. A batch whose sharpness part is empty
 (ImbSAM with no tail sample) skips the perturbed pass: then g = grad L_a(w) exactly.
 
 Under DDP (optim/base.py) u is the gradient of the GLOBAL batch by default; with
@@ -21,7 +24,7 @@ perturbation="local" each replica perturbs along its own gradient. g is summed a
     loss, logits = opt.step(model, images, targets, nn.CrossEntropyLoss(reduction="none"))
 """
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 
@@ -33,8 +36,11 @@ from optim.class_weights import focal_sam_weights, imbsam_weights, sam_weights, 
 class WeightedSAM(SharpnessOptimizer):
     """The one update. `clean_weight` / `sharp_weight`: per-class vectors (C,) or scalars."""
 
-    def __init__(self, params, lr: float, clean_weight, sharp_weight, **kwargs):
+    def __init__(self, params, lr: float, clean_weight, sharp_weight, clean_backward: str = "separate", **kwargs):
+        if clean_backward not in ("separate", "batched"):
+            raise ValueError(f"clean_backward must be 'separate' or 'batched', got {clean_backward!r}")
         super().__init__(params, lr, **kwargs)
+        self.clean_backward = clean_backward
         self.clean_weight = torch.as_tensor(clean_weight, dtype=torch.float64)
         self.sharp_weight = torch.as_tensor(sharp_weight, dtype=torch.float64)
         if self.clean_weight.shape != self.sharp_weight.shape or self.clean_weight.ndim > 1:
@@ -49,11 +55,14 @@ class WeightedSAM(SharpnessOptimizer):
             logits, losses = self.forward(model, images, targets, criterion)         # l_i(w), (b,)
             a, c = (self._per_sample(w, targets, losses.dtype) for w in (self.clean_weight, self.sharp_weight))
             b, has_clean, has_sharp = self._batch_plan(model, a, c)
-            if has_sharp:
+            batched = has_sharp and has_clean and self.clean_backward == "batched"
+            if batched:                    # grad L_a(w) into .grad and u from one backward
+                params, eps = self.ascent_and_clean(model, losses, torch.stack([a, c]) / b)
+            elif has_sharp:
                 params, eps = self.ascent(model, (c * losses).sum() / b, keep_graph=has_clean)
-                if eps is None:            # fp16: u overflowed, the scaler skipped this step
-                    return losses.detach().mean(), logits.detach()
-            if has_clean:
+            if has_sharp and eps is None:  # fp16: u overflowed, the scaler skipped this step
+                return losses.detach().mean(), logits.detach()
+            if has_clean and not batched:
                 self.backward((a * losses).sum() / b)                                 # grad L_a(w)
             if has_sharp:
                 with self.moved(model, params, eps):
@@ -72,8 +81,29 @@ class WeightedSAM(SharpnessOptimizer):
             self.sum_across_ranks(model, u)
         if not self.unscaled_or_skip(params, u, model):
             return params, None
+        return params, self.scaled_to_rho(u, rhos)
+
+    @staticmethod
+    def scaled_to_rho(u, rhos):
         norm = torch.nn.utils.get_total_norm(u)
-        return params, [g.mul_(rho / (norm + 1e-12)) for g, rho in zip(u, rhos)]
+        return [g.mul_(rho / (norm + 1e-12)) for g, rho in zip(u, rhos)]
+
+    def ascent_and_clean(self, model, losses: torch.Tensor, weights: torch.Tensor):
+        """`ascent` plus the clean gradient, from one batched backward: weights (2, b) holds
+        a[y_i] / b and c[y_i] / b; row 0's gradient goes to .grad, row 1's is u."""
+        params, rhos = self.perturbed(model)
+        every = self.trainable()
+        both = torch.autograd.grad(losses, every, grad_outputs=self.scaled(weights), is_grads_batched=True,
+                                   allow_unused=True)
+        by_id = {id(p): g for p, g in zip(every, both)}
+        for p, g in zip(every, both):
+            p.grad = None if g is None else g[0]
+        u = [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
+        if self.perturbation == "global":
+            self.sum_across_ranks(model, u)
+        if not self.unscaled_or_skip(params, u, model):
+            return params, None
+        return params, self.scaled_to_rho(u, rhos)
 
     # ------------------------------------------------------------------ bookkeeping
     @staticmethod
@@ -126,7 +156,14 @@ class SAM(WeightedSAM):
 
 
 @dataclass(frozen=True)
-class ImbSAMOptions(PerturbOptions):
+class TwoPartOptions(PerturbOptions):
+    """Methods with both a clean and a sharpness part at w (ImbSAM, Focal-SAM)."""
+    clean_backward: Literal["separate", "batched"] = opt(
+        "separate", "grad L_a(w) and u: two backward passes, or one batched backward (same numbers)")
+
+
+@dataclass(frozen=True)
+class ImbSAMOptions(TwoPartOptions):
     eta: float = opt(100.0, "ImbSAM: tail = classes with n_k <= eta (see docs/reproduce.md for the per-IF rule)")
 
 
@@ -139,7 +176,7 @@ class ImbSAM(WeightedSAM):
 
 
 @dataclass(frozen=True)
-class FocalSAMOptions(PerturbOptions):
+class FocalSAMOptions(TwoPartOptions):
     gamma: float = opt(2.0, "Focal-SAM: focusing exponent on (1 - pi_k), >= 0")
     lam: float = opt(1.0, "Focal-SAM: sharpness weight lambda, >= 0 (the official iNaturalist run uses 1.1)")
 

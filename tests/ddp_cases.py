@@ -5,7 +5,8 @@ from optim import CCSAM, SAM, SGD, FocalSAM, ImbSAM
 
 COUNTS = [400, 120, 30, 8]
 CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam", "global"), ("cc_sam", "global"),
-         ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local")]
+         ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local"),
+         ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local")]
 KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
@@ -14,6 +15,8 @@ def make_optimizer(name, model, mode, bn_mode="update"):
     if name == "sgd":
         return SGD(p, **KW)
     common = dict(KW, perturbation=mode, bn_mode=bn_mode)
+    if name.endswith("_batched"):    # the clean gradient and u from one batched backward
+        name, common = name[:-len("_batched")], dict(common, clean_backward="batched")
     if name == "sam":
         return SAM(p, rho=0.3, **common)
     if name == "imbsam":
