@@ -18,7 +18,12 @@ def main(argv=None) -> None:
     config_arguments(parser, config_required=False)
     parser.add_argument("--out", help="run folder (default: runs/<config name>-seed<seed>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
+    parser.add_argument("--options", action="store_true", help="list every config key with its default and exit")
     args = parser.parse_args(argv)
+    if args.options:
+        from engine.config import options_table
+        print(options_table())
+        return
     out = args.resume or args.out or ""
     with user_errors(resume_hint=out):
         with claimed_run(args) as (cfg, out, resume):  # the folder stays locked until fit ends

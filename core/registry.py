@@ -1,14 +1,16 @@
-"""The one shape of every registry: YAML name -> builder, plus the config keys it reads.
+"""The one shape of every registry: YAML name -> builder, plus the typed options it reads.
 
-Each folder (`models/`, `losses/`, `optim/`, `data/`) keeps a plain dict of `Component`s keyed by
-the name written in YAML. `uses` lists the section keys that only this component reads (keys
-marked `option` in the schema); the config loader rejects an option that the chosen component
-would silently ignore. `requires` lists (key path, value, reason) that the rest of the config
-must satisfy when this component is chosen (LDAM needs the cosine classifier).
+Each library folder (`models/`, `losses/`, `optim/`, `data/`) keeps a plain dict of `Component`s
+keyed by the name written in YAML. `options` is a frozen dataclass holding EVERY key of the
+component's config section with its default and a one-line doc (`core.options.opt`): the config
+loader builds the section from it, so a key the chosen component would ignore is rejected, and
+the defaults and the README's option tables come from this one place. `requires` lists
+(key path, value, reason) that the rest of the config must satisfy when this component is chosen
+(LDAM needs the cosine classifier).
 """
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 from core.errors import ConfigError
 
@@ -16,8 +18,9 @@ from core.errors import ConfigError
 @dataclass(frozen=True)
 class Component:
     build: Callable
-    uses: tuple = ()
+    options: type
     requires: tuple = ()
+    class_counts: Optional[Callable] = None   # datasets: the training counts without reading images
 
 
 def lookup(registry: Mapping[str, Component], name: str, path: str, kind: str) -> Component:

@@ -3,6 +3,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.options import DataSplits
+from data.transforms import CifarTest, CifarTrain, ClipTest, ClipTrain
+
+# data.preprocess -> (train transform, test transform) of the in-memory sets (CIFAR, synthetic).
+ARRAY_TRANSFORMS = {"standard": (CifarTrain, CifarTest), "clip": (ClipTrain, ClipTest)}
+
 
 class SharedEpoch:
     """The epoch index in shared memory, so that persistent loader workers see set_epoch."""
@@ -63,3 +69,13 @@ def long_tailed_indices(labels: np.ndarray, counts, seed: int = 0) -> np.ndarray
         rng.shuffle(idx)
         keep.append(idx[:n])
     return np.concatenate(keep)
+
+
+def in_memory_splits(arrays, augment: bool, seed: int, preprocess: str = "standard") -> DataSplits:
+    """DataSplits of (train x, train y, test x, test y, names, counts) arrays, with the CIFAR (or
+    CLIP) transforms."""
+    train_x, train_y, test_x, test_y, names, counts = arrays
+    train_cls, test_cls = ARRAY_TRANSFORMS[preprocess]
+    train_tf = train_cls() if augment else test_cls()
+    return DataSplits(ArrayDataset(train_x, train_y, train_tf, seed), ArrayDataset(test_x, test_y, test_cls(), seed),
+                      [int(c) for c in counts], list(names))

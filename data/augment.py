@@ -10,7 +10,7 @@ worker, or on the GPU; and a resumed or re-sharded run sees the same images.
 """
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,8 +77,10 @@ def eval_resize(size: int) -> int:
     return int(round(size * 256 / 224))
 
 
-def apply_eval(img, size: int):
-    return TF.center_crop(TF.resize(img, [eval_resize(size)], antialias=True), [size, size])
+def apply_eval(img, size: int, resize: Optional[int] = None):
+    """Shorter side to `resize` (default eval_resize(size)), then the centre `size` crop."""
+    resize = eval_resize(size) if resize is None else resize
+    return TF.center_crop(TF.resize(img, [resize], antialias=True), [size, size])
 
 
 def to_normalized(img, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

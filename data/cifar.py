@@ -13,12 +13,16 @@ call whatever the file names).
 import codecs
 import os
 import pickle
+from dataclasses import dataclass
+from typing import List
 
 import numpy as np
 import torchvision
 
-from data.arrays import long_tailed_counts, long_tailed_indices
 from core.errors import UserError, brief
+from core.options import opt
+from data.arrays import in_memory_splits, long_tailed_counts, long_tailed_indices
+from data.options import DataSplits, InMemoryOptions
 
 SPECS = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
@@ -159,3 +163,18 @@ def cifar_lt(name: str, root: str, download: bool, imb_factor: float):
         raise UserError(f"{os.path.join(root, spec['folder'])}: {e}; the full {name} training set has "
                         f"{spec['n_max']} images per class: download it again") from None
     return train_x[keep], train_y[keep], test_x, test_y, names, counts
+
+
+@dataclass(frozen=True)
+class CifarOptions(InMemoryOptions):
+    download: bool = opt(True, "fetch the CIFAR pickles into root when missing and the network allows")
+    imb_factor: float = opt(100.0, "n_max / n_min of the long-tailed profile (10, 50, 100, 200)")
+
+
+def cifar_counts(name: str, o: CifarOptions) -> List[int]:
+    """The training counts of CIFAR-{10,100}-LT at o.imb_factor, without reading the files."""
+    return long_tailed_counts(SPECS[name]["n_max"], SPECS[name]["num_classes"], o.imb_factor)
+
+
+def build_cifar(name: str, o: CifarOptions, seed: int) -> DataSplits:
+    return in_memory_splits(cifar_lt(name, o.root, o.download, o.imb_factor), o.augment, seed, o.preprocess)

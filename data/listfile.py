@@ -16,7 +16,7 @@ or a truncated file named .JPEG included, stops the run with one line naming the
 import io
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from data.arrays import SharedEpoch
 from data.augment import apply_eval, apply_train, draw_train_params, to_normalized
-from data.split_lists import class_counts, read_list
+from data.split_lists import read_list
 from core.errors import UserError, brief
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,15 +62,20 @@ def decoder_reason(error: Exception) -> str:
 
 class ListDataset(Dataset, SharedEpoch):
     def __init__(self, root: str, list_path: str, num_classes: int, train: bool, image_size: int,
-                 mean: Sequence[float], std: Sequence[float], jitter: float, decode: str, seed: int):
+                 mean: Sequence[float], std: Sequence[float], jitter: float, decode: str, seed: int,
+                 eval_resize: Optional[int] = None, entries: Optional[Tuple[List[str], List[int]]] = None):
+        """`eval_resize`: the test transform's shorter side (default: image_size * 256/224).
+        `entries`: (paths, labels) found otherwise (class folders, data/ood.py); `list_path` then
+        only names their source in messages."""
         SharedEpoch.__init__(self)
         if decode != "pil" and not hasattr(torchvision.io, "decode_jpeg"):
             raise UserError(f"data.decode={decode} needs torchvision.io's JPEG decoder, which torchvision "
                             f"{torchvision.__version__} no longer has; use data.decode=pil")
         self.root, self.list_path = root, list_path
-        self.paths, self.labels = read_list(list_path, num_classes)
+        self.paths, self.labels = entries if entries is not None else read_list(list_path, num_classes)
         self.num_classes, self.train, self.size = num_classes, train, image_size
         self.mean, self.std, self.jitter, self.decode, self.seed = mean, std, jitter, decode, seed
+        self.eval_resize = eval_resize
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -79,10 +84,9 @@ class ListDataset(Dataset, SharedEpoch):
     def targets(self) -> List[int]:
         return self.labels
 
-    def class_counts(self) -> List[int]:
-        return class_counts(self.labels, self.num_classes)
-
     def _where(self, i: int) -> str:
+        if not os.path.isfile(self.list_path):
+            return f"{self.paths[i]} (from {self.list_path}, root {self.root})"
         return f"{self.paths[i]} (line {_line_number(self.list_path, i)} of {self.list_path}, data.root={self.root})"
 
     def __getitem__(self, i: int):
@@ -99,7 +103,7 @@ class ListDataset(Dataset, SharedEpoch):
             width, height = img.size if isinstance(img, Image.Image) else (img.shape[-1], img.shape[-2])
             img = apply_train(img, draw_train_params(rng, width, height, self.jitter), self.size)
         else:
-            img = apply_eval(img, self.size)
+            img = apply_eval(img, self.size, self.eval_resize)
         return to_normalized(img, self.mean, self.std), label
 
     def _encoded(self, i: int, full: str, rng) -> Encoded:
@@ -131,7 +135,7 @@ class ListDataset(Dataset, SharedEpoch):
         """Decode a batch on `device` and apply each sample's augmentation there."""
         encoded, labels = batch
         images = decode_batch(encoded, device, self._where)
-        out = [apply_train(img, e.params, self.size) if e.params is not None else apply_eval(img, self.size)
+        out = [apply_train(img, e.params, self.size) if e.params is not None else apply_eval(img, self.size, self.eval_resize)
                for img, e in zip(images, encoded)]
         return torch.stack([to_normalized(x, self.mean, self.std) for x in out]), labels
 

@@ -4,9 +4,32 @@ Each class has a fixed random prototype image; a sample is 0.6 * prototype + 0.4
 the task is learnable in a few steps. Counts follow the CIFAR-LT profile. The data never depend
 on the training seed (like CIFAR-LT's fixed subset seed 0).
 """
+from dataclasses import dataclass
+from typing import List
+
 import numpy as np
 
-from data.arrays import long_tailed_counts
+from core.options import opt
+from data.arrays import in_memory_splits, long_tailed_counts
+from data.options import DataSplits, InMemoryOptions
+
+
+@dataclass(frozen=True)
+class SyntheticOptions(InMemoryOptions):
+    imb_factor: float = opt(100.0, "n_max / n_min of the long-tailed profile")
+    num_classes: int = opt(10, "number of classes (list datasets: every label must be below it)")
+    image_size: int = opt(16, "image side fed to the network, pixels (list datasets' paper configs: 224)")
+    max_per_class: int = opt(100, "n_0, the head class's training count")
+    test_per_class: int = opt(10, "test images per class")
+
+
+def synthetic_counts(o: SyntheticOptions) -> List[int]:
+    return long_tailed_counts(o.max_per_class, o.num_classes, o.imb_factor)
+
+
+def build_synthetic(o: SyntheticOptions, seed: int) -> DataSplits:
+    arrays = synthetic_lt(o.num_classes, o.image_size, o.max_per_class, o.imb_factor, o.test_per_class)
+    return in_memory_splits(arrays, o.augment, seed, o.preprocess)
 
 
 def synthetic_lt(num_classes: int, image_size: int, max_per_class: int, imb_factor: float, test_per_class: int):

@@ -2,8 +2,11 @@
 
 A config is read once at start-up: `load_config(path, overrides)` merges the inherited files
 (paths relative to the file that names them, later files win, dicts merge key by key), applies
-`--set a.b=value` overrides (values parsed as YAML, then typed by the schema), and builds the
-frozen dataclasses below. Every default lives here and nowhere else.
+`--set a.b=value` overrides (values parsed as YAML, then typed by the schema), and builds frozen
+dataclasses. The `data`, `model`, `loss` and `optim` sections are each built from the options
+class of the component they name (`core.registry.Component.options`, declared next to the
+component in its library), so every default and doc lives in one place; `train` and `seed` are
+the engine's own.
 
 Fails at load time, with the key path, on: an unknown key or section, a value of the wrong type,
 an unknown component name (listing the valid ones), an option that the chosen component does not
@@ -19,110 +22,72 @@ from typing import Literal, Optional, Tuple
 
 import yaml
 
+import data
+import losses
+import models
+import optim
 from core.errors import ConfigError
+from core.options import describe, opt
 from core.registry import lookup
+from data.options import DataOptions
+from losses.base import LossOptions
+from models.heads import ModelOptions
+from optim.base import OptimOptions, RhoOptions
 from engine.config_checks import check_values
-
-
-def option(default, **kw):
-    """A key read only by some components of its section (see `core.registry.Component.uses`)."""
-    return field(default=default, metadata={"option": True}, **kw)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "cifar10_lt"
-    root: str = "data"                  # folder holding the dataset (see README, "Datasets")
-    download: bool = option(True)       # fetch CIFAR when missing and the network allows
-    imb_factor: float = option(100.0)   # n_max / n_min of the long-tailed profile
-    augment: bool = True                # training augmentation (crop + flip, presets in data/)
-    num_workers: int = -1               # DataLoader workers per process; -1: from the CPU count
-    head_threshold: float = 100.0       # head: n_k > head_threshold (training count)
-    tail_threshold: float = 20.0        # tail: n_k < tail_threshold; medium: the rest
-    pin_memory: bool = True             # page-locked batches for faster host-to-GPU copies (CUDA only)
-    persistent_workers: bool = True     # keep loader workers between epochs (num_workers > 0)
-    prefetch_factor: int = 2            # batches each worker prepares ahead (num_workers > 0)
-    num_classes: int = option(10)       # synthetic: classes made; list datasets: labels must be < this
-    image_size: int = option(16)        # synthetic: image side; list datasets: crop fed to the network (224)
-    # synthetic: a deterministic long-tailed set of small random images for smoke runs and tests
-    max_per_class: int = option(100)    # n_0, the head class's training count
-    test_per_class: int = option(10)
-    # list datasets (ImageNet-LT, iNaturalist 2018): paths relative to the repository unless absolute
-    train_list: str = option("")        # e.g. data_txt/ImageNet_LT/ImageNet_LT_train.txt
-    test_list: str = option("")
-    class_names: str = option("")       # classnames.txt / categories.json (reports only)
-    decode: Literal["pil", "torchvision", "device"] = option("pil")   # where images are decoded (data/listfile.py)
-    check_files: bool = option(False)   # check that every listed image exists before training
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "resnet32"
-    classifier: Literal["linear", "cosine"] = "linear"   # cosine: LDAM's normalised head
-    channels_last: bool = False         # NHWC memory format (faster convolutions on recent GPUs)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "ce"
-    tau: float = option(1.0)            # LA / VS: additive tau * log(pi_k)
-    gamma: float = option(0.3)          # VS: multiplicative (n_k / n_max)^gamma (VS code default)
-    max_m: float = option(0.5)          # LDAM: largest margin (rarest class)
-    s: float = option(30.0)             # LDAM: logit scale on cosine logits
-    drw_epoch: Optional[int] = None     # DRW: class-balanced weights from this epoch on (0-based)
-    drw_beta: float = 0.9999            # DRW effective-number beta
-    drw_reduction: Literal["batch", "weights"] = "batch"  # batch: sum / b (Focal-SAM code)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1                     # base learning rate (cosine-annealed per epoch to 0)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    rho: float = option(0.05)           # perturbation radius at epoch 0
-    rho_milestones: Tuple[Tuple[int, float], ...] = option(())  # [[epoch, rho], ...]: rho from that epoch on
-    bn_mode: Literal["update", "freeze"] = option("update")     # BN running stats in the perturbed pass
-    exclude_bn_bias: bool = option(False)                       # leave BN and bias parameters unperturbed
-    gamma: float = option(2.0)          # Focal-SAM focusing exponent on (1 - pi_k)
-    lam: float = option(1.0)            # Focal-SAM sharpness weight lambda
-    eta: float = option(100.0)          # ImbSAM: tail = classes with n_k <= eta
-    ratio: float = option(0.3)          # CC-SAM: weight r of the perturbed loss (official 0.3)
-    radius: Literal["official", "plain"] = option("official")   # CC-SAM per-class radius rule
-    scope: Literal["classifier", "all"] = option("classifier")  # CC-SAM: parameters perturbed per class
-    perturbation: Literal["global", "local"] = option("global") # DDP: perturb along the global or per-replica gradient
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 64                # GLOBAL batch: split evenly over the processes under torchrun
-    eval_batch_size: int = 256          # global, evaluation only (256 is fastest for ResNet-32 on CPU)
-    max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs); None: full epochs
-    warmup_epochs: int = 0              # linear LR warm-up before the cosine schedule
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    device: str = "auto"                # auto: cuda when available, else cpu
-    eval_every: int = 1                 # evaluate every N epochs (the last epoch always)
-    drop_last: bool = False
-    sync_bn: bool = False               # SyncBatchNorm across processes under torchrun (CUDA only)
-    progress: Literal["auto", "on", "off"] = "auto"   # auto: bars only on a TTY outside CI
-    # torchrun: minutes a rank waits in a collective (or the rendezvous) for a peer that stopped
-    # responding before the run stops with the resume command; a dead peer is noticed at once.
-    dist_timeout_minutes: float = 30.0
+    """The engine's own keys: the loop, precision, device, evaluation cadence."""
+    epochs: int = opt(200, "training epochs")
+    batch_size: int = opt(64, "GLOBAL batch: split evenly over the processes under torchrun")
+    eval_batch_size: int = opt(256, "global, evaluation only (256 is fastest for ResNet-32 on CPU)")
+    max_steps_per_epoch: Optional[int] = opt(None, "cut epochs short (smoke runs); null: full epochs")
+    warmup_epochs: int = opt(0, "linear LR warm-up epochs before the cosine schedule")
+    amp: Literal["none", "bf16", "fp16"] = opt("none", "mixed precision: bf16 autocast, or fp16 with one loss scaler")
+    device: str = opt("auto", "auto: cuda when available, else cpu; or cpu, cuda, cuda:N")
+    eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)")
+    drop_last: bool = opt(False, "drop the last partial training batch")
+    sync_bn: bool = opt(False, "SyncBatchNorm across processes under torchrun (CUDA only)")
+    compile: Literal["none", "model"] = opt("none", "model: torch.compile the model for training (every pass); none: eager")
+    progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
+    dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config section that names a component: its registry, and the base of its options."""
+    kind: str           # "optimizer" in messages
+    registry: dict
+    base: type          # the keys every component of the section has (and the default name)
+
+
+SECTIONS = {
+    "data": Section("dataset", data.DATASETS, DataOptions),
+    "model": Section("model", models.MODELS, ModelOptions),
+    "loss": Section("loss", losses.LOSSES, LossOptions),
+    "optim": Section("optimizer", optim.OPTIMIZERS, OptimOptions),
+}
+
+
+def section(which: str, /, **values):
+    """The options of one section from plain values, validated as YAML would be:
+    `section("optim", name="focal_sam", rho=0.1)` -> FocalSAMOptions(...)."""
+    return build_section(which, values, which)
+
+
+def _default(name: str):
+    return lambda: section(name)
 
 
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataOptions = field(default_factory=_default("data"))
+    model: ModelOptions = field(default_factory=_default("model"))
+    loss: LossOptions = field(default_factory=_default("loss"))
+    optim: OptimOptions = field(default_factory=_default("optim"))
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-SECTION_KIND = {"data": "dataset", "model": "model", "loss": "loss", "optim": "optimizer"}
 
 
 # ----------------------------------------------------------------------------- reading YAML
@@ -317,48 +282,80 @@ def coerce(value, tp, path: str):
     raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def build_dataclass(cls, tree, path: str = ""):
-    """Build `cls` from a plain dict, rejecting unknown keys with the closest valid one."""
+def build_dataclass(cls, tree, path: str = "", others: Optional[dict] = None):
+    """Build `cls` from a plain dict, rejecting unknown keys with the closest valid one.
+
+    `others` maps keys that other components of the section read to those components' names:
+    such a key is "not used by" this one rather than unknown.
+    """
     if not isinstance(tree, dict):
         raise ConfigError(path, f"expected a section (mapping), got {tree!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in tree.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(where, f"unknown key; {hint}valid keys: {', '.join(known)}")
+            raise _unknown_key(where, key, known, others or {})
+        if path == "" and key in SECTIONS:
+            kwargs[key] = build_section(key, value, where)
+            continue
         tp = hints[key]
         kwargs[key] = build_dataclass(tp, value, where) if dataclasses.is_dataclass(tp) else coerce(value, tp, where)
     return cls(**kwargs)
 
 
+def _unknown_key(where: str, key, known: list, others: dict) -> ConfigError:
+    if key in others:
+        users, kind, name = others[key]
+        return ConfigError(where, f"is not used by {kind} '{name}' (used by: {', '.join(users)}); remove it")
+    close = difflib.get_close_matches(str(key), known + list(others), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(where, f"unknown key; {hint}valid keys: {', '.join(known)}")
+
+
+def build_section(name: str, tree, path: str):
+    """A component section: its `name` picks the options class that the other keys must fit."""
+    sec = SECTIONS[name]
+    if not isinstance(tree, dict):
+        raise ConfigError(path, f"expected a section (mapping), got {tree!r}")
+    chosen = coerce(tree.get("name", sec.base.name), str, f"{path}.name")
+    cls = lookup(sec.registry, chosen, f"{path}.name", sec.kind).options
+    own = {f.name for f in dataclasses.fields(cls)}
+    others: dict = {}
+    for comp_name, comp in sorted(sec.registry.items()):
+        for f in dataclasses.fields(comp.options):
+            if f.name not in own:
+                others.setdefault(f.name, ([], sec.kind, chosen))[0].append(comp_name)
+    return build_dataclass(cls, {**tree, "name": chosen}, path, others)
+
+
 # ----------------------------------------------------------------------------- the whole config
 
-def _component_registries() -> dict:
-    # Imported here: the registries import their builders, which import torch; the schema
-    # above stays importable without them.
-    import data, losses, models, optim
-    return {"data": data.DATASETS, "model": models.MODELS, "loss": losses.LOSSES, "optim": optim.OPTIMIZERS}
+def check_requirements(cfg: Config) -> None:
+    """What a chosen component needs of the rest of the config (LDAM: the cosine classifier)."""
+    for name, sec in SECTIONS.items():
+        chosen = getattr(cfg, name).name
+        for key_path, value, reason in sec.registry[chosen].requires:
+            part, key = key_path.split(".")
+            found = getattr(getattr(cfg, part), key)
+            if found != value:
+                raise ConfigError(key_path, f"{sec.kind} '{chosen}' needs {key_path}: {value} ({reason}), "
+                                  f"got {found!r}; set {key_path}: {value}")
 
 
-def check_components(cfg: Config, tree: dict) -> None:
-    """Each `name` must be registered, and each option set in YAML must be read by it."""
-    for section, registry in _component_registries().items():
-        sub = getattr(cfg, section)
-        comp = lookup(registry, sub.name, f"{section}.name", SECTION_KIND[section])
-        for f in dataclasses.fields(sub):
-            if f.metadata.get("option") and f.name in tree.get(section, {}) and f.name not in comp.uses:
-                users = sorted(n for n, c in registry.items() if f.name in c.uses)
-                raise ConfigError(f"{section}.{f.name}", f"is not used by {SECTION_KIND[section]} "
-                                  f"'{sub.name}' (used by: {', '.join(users)}); remove it")
-        for key_path, value, reason in comp.requires:
-            sec, key = key_path.split(".")
-            if getattr(getattr(cfg, sec), key) != value:
-                raise ConfigError(key_path, f"{SECTION_KIND[section]} '{sub.name}' needs {key_path}: {value} "
-                                  f"({reason}), got {getattr(getattr(cfg, sec), key)!r}; set {key_path}: {value}")
+def check_rho(o: RhoOptions, epochs: int) -> None:
+    """rho >= 0, and milestones at increasing epochs inside the run."""
+    last = 0
+    for i, (epoch, rho) in enumerate(o.rho_milestones):
+        if epoch <= last or epoch >= epochs:
+            raise ConfigError(f"optim.rho_milestones[{i}]", f"epoch {epoch} must be increasing, > 0 and "
+                              f"< epochs={epochs}")
+        if rho < 0:
+            raise ConfigError(f"optim.rho_milestones[{i}]", f"rho must be >= 0, got {rho}")
+        last = epoch
+    if o.rho < 0:
+        raise ConfigError("optim.rho", f"must be >= 0, got {o.rho}")
 
 
 def check_combinations(cfg: Config) -> None:
@@ -373,16 +370,8 @@ def check_combinations(cfg: Config) -> None:
     if cfg.loss.drw_epoch is not None and not 0 <= cfg.loss.drw_epoch < t.epochs:
         raise ConfigError("loss.drw_epoch", f"DRW would start at epoch {cfg.loss.drw_epoch}, "
                           f"outside the run's epochs 0..{t.epochs - 1}")
-    last = 0
-    for i, (epoch, rho) in enumerate(cfg.optim.rho_milestones):
-        if epoch <= last or epoch >= t.epochs:
-            raise ConfigError(f"optim.rho_milestones[{i}]", f"epoch {epoch} must be increasing, > 0 and "
-                              f"< epochs={t.epochs}")
-        if rho < 0:
-            raise ConfigError(f"optim.rho_milestones[{i}]", f"rho must be >= 0, got {rho}")
-        last = epoch
-    if cfg.optim.rho < 0:
-        raise ConfigError("optim.rho", f"must be >= 0, got {cfg.optim.rho}")
+    if isinstance(cfg.optim, RhoOptions):
+        check_rho(cfg.optim, t.epochs)
     if cfg.data.prefetch_factor < 1:
         raise ConfigError("data.prefetch_factor", f"must be >= 1, got {cfg.data.prefetch_factor}")
     if cfg.data.head_threshold < cfg.data.tail_threshold:
@@ -392,7 +381,7 @@ def check_combinations(cfg: Config) -> None:
 
 def config_from_tree(tree: dict) -> Config:
     cfg = build_dataclass(Config, tree)
-    check_components(cfg, tree)
+    check_requirements(cfg)
     check_combinations(cfg)
     check_values(cfg)
     return cfg
@@ -404,22 +393,39 @@ def load_config(path: str, overrides: Optional[list] = None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    """Plain nested dict (tuples as lists) for YAML / JSON / checkpoints. Options that the chosen
-    component does not read are left out, so the saved file loads again and shows only what acts."""
+    """Plain nested dict (tuples as lists) for YAML / JSON / checkpoints. Each section holds the
+    keys of its chosen component only, so the saved file loads again and shows only what acts."""
     def plain(v):
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    tree = plain(dataclasses.asdict(cfg))
-    for section, registry in _component_registries().items():
-        sub = getattr(cfg, section)
-        uses = registry[sub.name].uses
-        for f in dataclasses.fields(sub):
-            if f.metadata.get("option") and f.name not in uses:
-                del tree[section][f.name]
-    return tree
+    return plain(dataclasses.asdict(cfg))
+
+
+def options_table() -> str:
+    """Markdown: every key of every section with its default, the components that read it and
+    its doc. `python train.py --options` prints it; the README's table is this text (a test
+    checks), so defaults and docs have one source: the options classes."""
+    lines = ["| key | default | read by | meaning |", "|---|---|---|---|"]
+    for name, sec in SECTIONS.items():
+        rows: dict = {k: [d, ["all"], doc] for k, d, doc in describe(sec.base)}
+        for comp_name, comp in sec.registry.items():
+            common = tuple(f.name for f in dataclasses.fields(sec.base))
+            for k, d, doc in describe(comp.options, skip=common):
+                rows.setdefault(k, [d, [], doc])[1].append(comp_name)
+        lines += [f"| `{name}.{k}` | `{_show(d)}` | {', '.join(users)} | {doc} |" for k, (d, users, doc) in rows.items()]
+    lines += [f"| `train.{f.name}` | `{_show(f.default)}` | all | {f.metadata.get('doc', '')} |"
+              for f in dataclasses.fields(TrainConfig)]
+    lines.append("| `seed` | `0` | all | seeds the model initialisation, data order and augmentation |")
+    return "\n".join(lines)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return "[]" if not value else str([list(v) if isinstance(v, tuple) else v for v in value])
+    return "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
 
 
 def save_config(cfg: Config, path: str) -> None:

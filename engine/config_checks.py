@@ -103,7 +103,7 @@ def check_class_counts(cfg) -> None:
     import data  # the registry imports torch: only when a config is checked, not on import
     if cfg.data.name not in ("cifar10_lt", "cifar100_lt", "synthetic"):
         return
-    counts = data.CLASS_COUNTS[cfg.data.name](cfg.data)
+    counts = data.class_counts_only(cfg.data)
     k = empty_class(counts)
     if k is not None:
         n_max = counts[0]

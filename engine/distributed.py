@@ -99,10 +99,20 @@ def _attempt_store(rank: int, world: int, timeout) -> "dist.Store":
     return dist.PrefixStore(f"lt-sam/attempt_{restart_count()}", store)
 
 
+PEER_LOSS_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                     "Socket Timeout", "NCCL communicator was aborted", "Watchdog caught collective operation timeout")
+
+
 def is_communication_failure(error: BaseException) -> bool:
-    """A collective failed because a peer died or the network broke (gloo and NCCL say so in text)."""
-    markers = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out")
-    return isinstance(error, getattr(dist, "DistError", ())) or any(m in str(error) for m in markers)
+    """A collective failed because a peer died, hung or the network broke: torch's distributed
+    error types, or the peer-loss messages that gloo and NCCL put in a plain RuntimeError. An
+    error that merely mentions a backend (an unsupported dtype, a bad argument) is not one."""
+    lost = tuple(getattr(dist, n) for n in ("DistNetworkError", "DistStoreError") if hasattr(dist, n))
+    if isinstance(error, lost):
+        return True
+    text = str(error)
+    backend = getattr(dist, "DistBackendError", ())
+    return any(m in text for m in PEER_LOSS_MARKERS) or (isinstance(error, backend) and "imed out" in text)
 
 
 def cleanup() -> None:

@@ -6,7 +6,10 @@ LOADER_TIMEOUT_S stops the run with one line and the resume command (a stalled n
 system, a stuck worker), and so does a worker that dies (out of memory). Workers never print
 tracebacks of their own when the process group is stopped: they ignore Ctrl-C (the main process
 stops and shuts them down) and leave quietly on SIGTERM.
-"""
+
+In-memory sets (CIFAR-LT, synthetic) can instead live on the training device
+(`data.loader: device`, the default on CUDA): data/device_loader.py, the same order and the same
+iterator, with crop and flip done on the device."""
 import os
 import signal
 
@@ -14,6 +17,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from core.errors import ConfigError, brief
+from data.arrays import ArrayDataset
+from data.device_loader import DeviceLoader
+from data.options import InMemoryOptions
 from engine.distributed import DistInfo
 from engine.guards import RunStopped
 
@@ -110,12 +116,29 @@ def _make(dataset, batch: int, sampler, info: DistInfo, data_cfg, drop_last: boo
     return DeviceStageLoader(loader, stage, info.device) if stage is not None else GuardedLoader(loader)
 
 
+def loader_kind(data_cfg, device: torch.device) -> str:
+    """"device" or "workers": `data.loader` of an in-memory set, `auto` meaning device on CUDA
+    (on the CPU the worker processes overlap augmentation with the step; the device path cannot)."""
+    choice = data_cfg.loader if isinstance(data_cfg, InMemoryOptions) else "workers"
+    if choice == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return choice
+
+
+def _on_device(dataset: ArrayDataset, batch: int, info: DistInfo, seed: int, shuffle: bool, drop_last: bool):
+    return DeviceLoader(dataset.images, dataset.labels, dataset.transform, batch, info.device, rank=info.rank,
+                        world_size=info.world_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+
+
 def train_loader(dataset, global_batch: int, info: DistInfo, seed: int, data_cfg, drop_last: bool):
     """Shuffled by (seed, epoch) through DistributedSampler (also with one process), so a resumed
     run visits the same batches; call `loader.sampler.set_epoch(e)` each epoch."""
+    batch = per_process_batch(global_batch, info, "train.batch_size")
+    if loader_kind(data_cfg, info.device) == "device":
+        return _on_device(dataset, batch, info, seed, shuffle=True, drop_last=drop_last)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=seed, drop_last=drop_last)
-    loader = _make(dataset, per_process_batch(global_batch, info, "train.batch_size"), sampler, info, data_cfg,
+    loader = _make(dataset, batch, sampler, info, data_cfg,
                    drop_last)
     if len(loader) == 0:
         raise ConfigError("train.batch_size", f"{global_batch} with train.drop_last=true leaves no full batch of "
@@ -124,5 +147,7 @@ def train_loader(dataset, global_batch: int, info: DistInfo, seed: int, data_cfg
 
 
 def eval_loader(dataset, global_batch: int, info: DistInfo, data_cfg):
-    return _make(dataset, max(1, global_batch // info.world_size),
-                 ShardSampler(len(dataset), info.rank, info.world_size), info, data_cfg)
+    batch = max(1, global_batch // info.world_size)
+    if loader_kind(data_cfg, info.device) == "device":
+        return _on_device(dataset, batch, info, seed=0, shuffle=False, drop_last=False)
+    return _make(dataset, batch, ShardSampler(len(dataset), info.rank, info.world_size), info, data_cfg)

@@ -3,38 +3,29 @@ and `evaluate` do the work. Nothing here branches on the method: every optimizer
 passes inside `optimizer.step(model, images, targets, criterion)`."""
 import math
 import os
-import random
 import sys
 import time
 
-import numpy as np
 import torch
+import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from data import build_data
+from core.errors import UserError
 from engine import distributed as dist_utils
+from engine.build import build_run
 from engine.checkpoint import TRAINING_KEYS, load_checkpoint, mismatch_reason, save_checkpoint
 from engine.config import Config, config_to_dict
-from core.errors import UserError
 from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state, stop_note
 from engine.loaders import eval_loader, train_loader
 from engine.metrics import summarize
 from engine.report import RunWriter, git_revision, write_json, write_yaml
-from engine.schedule import EpochSchedule
-from losses import build_loss
-from models import build_model
-from optim import OPTIMIZERS, build_optimizer
 from optim.base import AMP_DTYPES
 
 CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def progress_enabled(setting: str, info) -> bool:
@@ -109,10 +100,17 @@ def evaluate(model, loader, info, class_counts, data_cfg, amp: str = "none") -> 
     return summarize(preds, confs, labels, class_counts, data_cfg.head_threshold, data_cfg.tail_threshold)
 
 
-def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
+def check_class_counts(state: dict, class_counts, path: str) -> None:
+    """The checkpoint's training counts must be this config's: Head / Medium / Tail and the
+    class-dependent losses and optimizers are functions of them."""
     if state.get("class_counts") != list(class_counts):
-        raise UserError(f"{path} was trained on other class counts than this config's data; "
-                        "check data.name / data.imb_factor")
+        raise UserError(f"{path} was trained on other class counts than this config's data "
+                        f"({len(state.get('class_counts') or [])} classes there, {len(class_counts)} here, or other "
+                        "counts); check data.name / data.imb_factor / the split lists")
+
+
+def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
+    check_class_counts(state, class_counts, path)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -122,17 +120,22 @@ def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
 
 def _wrap_distributed(model, cfg, info):
     """DDP around the model under torchrun (SyncBatchNorm first when asked); the model itself otherwise.
+    With train.compile=model the module the optimizer steps is torch.compile'd, inside DDP, so the
+    optimizers still see the DDP module and reduce gradients themselves; checkpoints and
+    evaluation use the eager `model`, which shares its parameters and buffers.
 
     The optimizers run every pass under `no_sync()` and reduce gradients themselves (optim/base.py);
     DDP still broadcasts rank 0's parameters at construction and its buffers before each forward.
     """
     if not info.distributed:
-        return model
+        return torch.compile(model) if cfg.train.compile == "model" else model
     if cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise UserError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
                             "set train.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.compile == "model":
+        model = torch.compile(model)
     return DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
 
 
@@ -152,12 +155,10 @@ def fit(cfg: Config, out_dir: str, resume: bool = False) -> dict:
 
 
 def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
-    seed_everything(cfg.seed)
-    splits = build_data(cfg.data, cfg.seed)
-    counts = splits.class_counts
-    model = build_model(cfg.model, splits.num_classes).to(info.device)
-    criterion = build_loss(cfg.loss, counts).to(info.device)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+    run = build_run(cfg, info.device)
+    splits, counts, model, criterion, optimizer = run.splits, run.class_counts, run.model, run.criterion, run.optimizer
+    if info.distributed:  # DRW "weights" reduction: normalise over the global batch
+        criterion.process_group = torch.distributed.group.WORLD
     ckpt_path = os.path.join(out_dir, "last.pt")
     start_epoch, elapsed, best = 0, 0.0, None
     if resume:
@@ -174,16 +175,15 @@ def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
     net = _wrap_distributed(model, cfg, info)
     train_dl = train_loader(splits.train, cfg.train.batch_size, info, cfg.seed, cfg.data, cfg.train.drop_last)
     test_dl = eval_loader(splits.test, cfg.train.eval_batch_size, info, cfg.data)
-    schedule = EpochSchedule(cfg, counts, uses_rho="rho" in OPTIMIZERS[cfg.optim.name].uses)
     writer = RunWriter(out_dir, start_epoch, info.is_main)
     report = None
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.time()
-            values = schedule.apply(epoch, optimizer, criterion)
+            values = run.epoch_values.apply(epoch, optimizer, criterion)
             train_dl.sampler.set_epoch(epoch)
             splits.train.set_epoch(epoch)
-            note = stop_note(ckpt_path, epoch, cfg, schedule)
+            note = stop_note(ckpt_path, epoch, cfg, run.epoch_values)
             stats = train_one_epoch(net, optimizer, criterion, train_dl, epoch, cfg.train, info, note)
             check_finite_state(model, optimizer, epoch, note)   # never log or save NaN weights
             last = epoch == cfg.train.epochs - 1
@@ -240,8 +240,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
     info = dist_utils.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         state = load_checkpoint(checkpoint)
-        splits = build_data(cfg.data, cfg.seed)
-        model = build_model(cfg.model, splits.num_classes).to(info.device)
+        run = build_run(cfg, info.device)
+        splits, model = run.splits, run.model
+        check_class_counts(state, splits.class_counts, checkpoint)
         try:
             model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:

@@ -1,23 +1,32 @@
-"""Loss registry: YAML `loss.name` -> builder(cfg: LossConfig, class_counts) -> per-sample loss.
+"""Loss registry: YAML `loss.name` -> builder(options, class_counts) -> per-sample loss module.
 
 Every loss maps (logits (B, C), targets (B,)) to per-sample losses (B,), so every optimizer works
-with every loss. DRW class weights are set per epoch by `losses.drw.drw_weights`.
+with every loss. DRW class weights are set per epoch by `losses.drw.drw_weights`. A new loss is
+one file (its module and, if it has keys of its own, an options class extending
+`losses.base.LossOptions`; those keys are its constructor's keyword arguments) plus one line here.
 """
+from core.options import own_fields
 from core.registry import Component, lookup
-from losses.ce import CrossEntropy, LogitAdjusted
+from losses.base import LossOptions, PerSampleLoss
+from losses.ce import CrossEntropy, LAOptions, LogitAdjusted
 from losses.drw import class_balanced_weights, drw_weights
-from losses.ldam import LDAM
-from losses.vs import VectorScaling
+from losses.ldam import LDAM, LDAMOptions
+from losses.vs import VectorScaling, VSOptions
+
+
+def _loss(cls):
+    """Builder: the class counts, the DRW reduction and the loss's own options."""
+    return lambda o, counts: cls(counts, reduction=o.drw_reduction, **own_fields(o, LossOptions))
+
 
 LOSSES = {
-    "ce": Component(lambda cfg, counts: CrossEntropy(counts, cfg.drw_reduction)),
-    "la": Component(lambda cfg, counts: LogitAdjusted(counts, cfg.tau, cfg.drw_reduction), uses=("tau",)),
-    "vs": Component(lambda cfg, counts: VectorScaling(counts, cfg.gamma, cfg.tau, cfg.drw_reduction),
-                    uses=("tau", "gamma")),
-    "ldam": Component(lambda cfg, counts: LDAM(counts, cfg.max_m, cfg.s, cfg.drw_reduction), uses=("max_m", "s"),
+    "ce": Component(_loss(CrossEntropy), LossOptions),
+    "la": Component(_loss(LogitAdjusted), LAOptions),
+    "vs": Component(_loss(VectorScaling), VSOptions),
+    "ldam": Component(_loss(LDAM), LDAMOptions,
                       requires=(("model.classifier", "cosine", "LDAM's margins act on cosine logits"),)),
 }
 
 
-def build_loss(cfg, class_counts):
-    return lookup(LOSSES, cfg.name, "loss.name", "loss").build(cfg, class_counts)
+def build_loss(options: LossOptions, class_counts) -> PerSampleLoss:
+    return lookup(LOSSES, options.name, "loss.name", "loss").build(options, class_counts)

@@ -1,8 +1,15 @@
 """Cross-entropy and logit-adjusted cross-entropy (LA, Menon et al. ICLR 2021)."""
-import torch
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
-from losses.base import PerSampleLoss
+from core.options import opt
+from losses.base import LossOptions, PerSampleLoss
+
+
+@dataclass(frozen=True)
+class LAOptions(LossOptions):
+    tau: float = opt(1.0, "LA: additive tau * log(pi_k)")
 
 
 class CrossEntropy(PerSampleLoss):

@@ -1,8 +1,17 @@
 """LDAM (Cao et al. NeurIPS 2019): label-distribution-aware margins on cosine logits."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from losses.base import PerSampleLoss
+from core.options import opt
+from losses.base import LossOptions, PerSampleLoss
+
+
+@dataclass(frozen=True)
+class LDAMOptions(LossOptions):
+    max_m: float = opt(0.5, "LDAM: largest margin (rarest class)")
+    s: float = opt(30.0, "LDAM: logit scale on cosine logits")
 
 
 class LDAM(PerSampleLoss):
@@ -13,7 +22,7 @@ class LDAM(PerSampleLoss):
     def __init__(self, class_counts, max_m: float = 0.5, s: float = 30.0, reduction: str = "batch"):
         super().__init__(class_counts, reduction)
         m = torch.as_tensor(class_counts, dtype=torch.float64).pow(-0.25)
-        self.register_buffer("margins", (m * (max_m / m.max())).float())   # (C,)
+        self.register_buffer("margins", m * (max_m / m.max()))   # (C,)
         self.s = s
 
     def unweighted(self, logits, targets):

@@ -1,8 +1,17 @@
 """Vector-scaling loss (VS, Kini et al. NeurIPS 2021)."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from losses.base import PerSampleLoss
+from core.options import opt
+from losses.base import LossOptions, PerSampleLoss
+
+
+@dataclass(frozen=True)
+class VSOptions(LossOptions):
+    tau: float = opt(1.0, "VS: additive tau * log(pi_k)")
+    gamma: float = opt(0.3, "VS: multiplicative (n_k / n_max)^gamma (VS code default)")
 
 
 class VectorScaling(PerSampleLoss):
@@ -12,7 +21,7 @@ class VectorScaling(PerSampleLoss):
     def __init__(self, class_counts, gamma: float = 0.3, tau: float = 1.0, reduction: str = "batch"):
         super().__init__(class_counts, reduction)
         n = torch.as_tensor(class_counts, dtype=torch.float64)
-        self.register_buffer("scale", ((n / n.max()) ** gamma).float())      # (C,)
+        self.register_buffer("scale", (n / n.max()) ** gamma)      # (C,)
         self.tau = tau
 
     def unweighted(self, logits, targets):

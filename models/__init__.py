@@ -1,37 +1,44 @@
-"""Model registry: YAML `model.name` -> builder(cfg: ModelConfig, num_classes) -> nn.Module.
+"""Model registry: YAML `model.name` -> builder(options, num_classes, class_names) -> nn.Module.
 
 Every model exposes `forward_features(x) -> (B, D)`, its head at `.classifier`, and
-`forward(x, return_features=False)`.
+`forward(x, return_features=False)`. A new backbone is one file (its module, and an options
+class extending `models.heads.ModelOptions` if it has keys of its own) plus one line here.
 """
 from functools import partial
 
-from core.registry import Component, lookup
 import torch
 
+from core.registry import Component, lookup
+from models.clip import ClipOptions, ClipTinyOptions, build_clip
+from models.heads import ModelOptions
 from models.resnet import TorchvisionResNet
 from models.resnet_cifar import CifarResNet
 
 
-def _cifar_resnet(depth, cfg, num_classes):
-    return CifarResNet(depth, num_classes, cfg.classifier)
+def _cifar_resnet(depth: int, o: ModelOptions, num_classes: int, class_names=None):
+    return CifarResNet(depth, num_classes, o.classifier)
 
 
-def _torchvision_resnet(arch, cfg, num_classes):
-    return TorchvisionResNet(arch, num_classes, cfg.classifier)
+def _torchvision_resnet(arch: str, o: ModelOptions, num_classes: int, class_names=None):
+    return TorchvisionResNet(arch, num_classes, o.classifier)
 
 
 MODELS = {
-    "resnet32": Component(partial(_cifar_resnet, 32)),   # the paper's CIFAR backbone
-    "resnet20": Component(partial(_cifar_resnet, 20)),
-    "resnet8": Component(partial(_cifar_resnet, 8)),     # tiny, for tests and smoke runs
-    "resnet50": Component(partial(_torchvision_resnet, "resnet50")),   # ImageNet-LT, iNaturalist
-    "resnet18": Component(partial(_torchvision_resnet, "resnet18")),
+    "resnet32": Component(partial(_cifar_resnet, 32), ModelOptions),   # the paper's CIFAR backbone
+    "resnet20": Component(partial(_cifar_resnet, 20), ModelOptions),
+    "resnet8": Component(partial(_cifar_resnet, 8), ModelOptions),     # tiny, for tests and smoke runs
+    "resnet50": Component(partial(_torchvision_resnet, "resnet50"), ModelOptions),   # ImageNet-LT, iNaturalist
+    "resnet18": Component(partial(_torchvision_resnet, "resnet18"), ModelOptions),
+    # CLIP ViT-B/16 fine-tuning (paper section 5.1, FFT / LIFT rows): head from the class names
+    "clip_vit_b16": Component(partial(build_clip, False), ClipOptions),
+    "clip_tiny": Component(partial(build_clip, True), ClipTinyOptions),   # random tiny CLIP: tests, smoke runs
 }
 
 
-def build_model(cfg, num_classes: int):
-    model = lookup(MODELS, cfg.name, "model.name", "model").build(cfg, num_classes)
-    if cfg.channels_last:
+def build_model(options: ModelOptions, num_classes: int, class_names=None) -> torch.nn.Module:
+    """`class_names` (label order) are read by the models whose head starts from text (CLIP)."""
+    model = lookup(MODELS, options.name, "model.name", "model").build(options, num_classes, class_names)
+    if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
     return model

@@ -1,7 +1,21 @@
-"""Classifier heads. Every model keeps its head at `model.classifier` (CC-SAM and LDAM reach it)."""
+"""Classifier heads and the model options every backbone shares. Every model keeps its head at
+`model.classifier` (CC-SAM and LDAM reach it)."""
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from core.options import opt
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Keys of the `model` section; a backbone with keys of its own extends this class."""
+    name: str = opt("resnet32", "the backbone (registry name)")
+    classifier: Literal["linear", "cosine"] = opt("linear", "head: linear, or cosine (LDAM's normalised head)")
+    channels_last: bool = opt(False, "NHWC memory format (faster convolutions on recent GPUs)")
 
 
 class CosineClassifier(nn.Module):

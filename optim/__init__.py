@@ -5,41 +5,32 @@
                    rho=0.2, gamma=3.0, lam=0.5, class_counts=counts)
     loss, logits = opt.step(model, images, targets, criterion)   # criterion -> per-sample losses
 
-YAML `optim.name` -> builder(cfg: OptimConfig, params, class_counts, amp) -> optimizer.
+YAML `optim.name` -> builder(options, params, class_counts, amp) -> optimizer. A new optimizer is
+one file (its class and an options class whose fields are its constructor's keyword arguments,
+extending `optim.base.OptimOptions`, `RhoOptions` or `PerturbOptions`) plus one line here.
 """
 from core.registry import Component, lookup
-from optim.base import SharpnessOptimizer
-from optim.ccsam import CCSAM
+from optim.base import OptimOptions, PerturbOptions, RhoOptions, SharpnessOptimizer, constructor_args
+from optim.ccsam import CCSAM, CCSAMOptions
+from optim.random_sam import RandomSAM, RandomSAMOptions
 from optim.schedules import cosine_lr, piecewise_rho
-from optim.sharpness import SAM, SGD, FocalSAM, ImbSAM, WeightedSAM
-
-_PERTURB = ("rho", "rho_milestones", "bn_mode", "exclude_bn_bias", "perturbation")
+from optim.sharpness import SAM, SGD, FocalSAM, FocalSAMOptions, ImbSAM, ImbSAMOptions, WeightedSAM
 
 
-def _common(cfg, amp):
-    return dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, amp=amp)
-
-
-def _perturb(cfg):
-    return dict(rho=cfg.rho, bn_mode=cfg.bn_mode, exclude_bn_bias=cfg.exclude_bn_bias, perturbation=cfg.perturbation)
+def _optimizer(cls):
+    """Builder: the class counts, the precision and every option but the name and rho schedule."""
+    return lambda o, params, counts, amp: cls(params, class_counts=counts, amp=amp, **constructor_args(o))
 
 
 OPTIMIZERS = {
-    "sgd": Component(lambda cfg, params, counts, amp: SGD(params, class_counts=counts, **_common(cfg, amp))),
-    "sam": Component(lambda cfg, params, counts, amp: SAM(params, class_counts=counts, **_common(cfg, amp),
-                                                          **_perturb(cfg)), uses=_PERTURB),
-    "imbsam": Component(lambda cfg, params, counts, amp: ImbSAM(params, class_counts=counts, eta=cfg.eta,
-                                                                **_common(cfg, amp), **_perturb(cfg)),
-                        uses=_PERTURB + ("eta",)),
-    "focal_sam": Component(lambda cfg, params, counts, amp: FocalSAM(params, class_counts=counts, gamma=cfg.gamma,
-                                                                     lam=cfg.lam, **_common(cfg, amp), **_perturb(cfg)),
-                           uses=_PERTURB + ("gamma", "lam")),
-    "cc_sam": Component(lambda cfg, params, counts, amp: CCSAM(
-        params, class_counts=counts, rho=cfg.rho, ratio=cfg.ratio, radius=cfg.radius, scope=cfg.scope,
-        bn_mode=cfg.bn_mode, perturbation=cfg.perturbation, **_common(cfg, amp)),
-        uses=("rho", "rho_milestones", "bn_mode", "perturbation", "ratio", "radius", "scope")),
+    "sgd": Component(_optimizer(SGD), OptimOptions),
+    "sam": Component(_optimizer(SAM), PerturbOptions),
+    "imbsam": Component(_optimizer(ImbSAM), ImbSAMOptions),
+    "focal_sam": Component(_optimizer(FocalSAM), FocalSAMOptions),
+    "cc_sam": Component(_optimizer(CCSAM), CCSAMOptions),
+    "random_sam": Component(_optimizer(RandomSAM), RandomSAMOptions),   # the README's worked example
 }
 
 
-def build_optimizer(cfg, params, class_counts, amp: str = "none"):
-    return lookup(OPTIMIZERS, cfg.name, "optim.name", "optimizer").build(cfg, params, class_counts, amp)
+def build_optimizer(options: OptimOptions, params, class_counts, amp: str = "none") -> SharpnessOptimizer:
+    return lookup(OPTIMIZERS, options.name, "optim.name", "optimizer").build(options, params, class_counts, amp)

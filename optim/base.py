@@ -1,21 +1,24 @@
-"""What every optimizer here shares: the wrapped base SGD, mixed precision, BN handling, DDP sync.
+"""What every optimizer here shares: options, the wrapped base SGD, and the plumbing of a
+multi-pass step (mixed precision, BatchNorm in the perturbed pass, DDP gradient sums).
 
 An optimizer here is called once per batch as `opt.step(model, images, targets, criterion)` and
 runs every forward and backward pass itself, then the base SGD update; `criterion(logits,
 targets)` must return per-sample losses. It wraps `torch.optim.SGD` and shares its
 `param_groups` (the pattern of the popular SAM wrapper), so torch's LR schedulers work on it and
-`rho` is a param-group value like `lr`. Weight decay and momentum belong to the base step only.
+`rho` is a param-group value like `lr` (each parameter is perturbed with its own group's rho).
+Weight decay and momentum belong to the base step only.
 
 Distributed: when `model` is a DistributedDataParallel module, every pass runs under
-`model.no_sync()` and the gradients that need it are summed across ranks here, in coalesced
-buckets. DDP's own reducer cannot serve a sharpness-aware step: it expects exactly one backward
-per forward (pytorch issue 47260), while these steps run two or three backward passes on one
-forward, and the perturbation needs a reduced gradient in the middle of the step. Losses are
+`model.no_sync()` and the gradients that need it are summed across DDP's process group here, in
+coalesced buckets. DDP's own reducer cannot serve a sharpness-aware step: it expects exactly one
+backward per forward (pytorch issue 47260), while these steps run two or three backward passes on
+one forward, and the perturbation needs a reduced gradient in the middle of the step. Losses are
 normalised by the GLOBAL batch size and summed across ranks, so the result equals one process on
 the whole batch.
 """
 import contextlib
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import List, Literal, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,16 +26,45 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from core.collectives import all_reduce_sum_
+from core.options import opt
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
 
-def full_precision(t: torch.Tensor) -> torch.Tensor:
-    """Losses in fp32 at least (fp64 stays fp64, for exactness tests)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+# ---------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class OptimOptions:
+    """Keys of the `optim` section every optimizer has: the base SGD step (plain SGD reads only these)."""
+    name: str = opt("sgd", "the optimizer (registry name)")
+    lr: float = opt(0.1, "base learning rate (cosine-annealed per epoch to 0)")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(5e-4, "L2 weight decay of the base step")
+    nesterov: bool = opt(False, "Nesterov momentum (needs momentum > 0)")
 
 
+@dataclass(frozen=True)
+class RhoOptions(OptimOptions):
+    """Every optimizer that perturbs the weights: the radius and its schedule."""
+    rho: float = opt(0.05, "perturbation radius at epoch 0")
+    rho_milestones: Tuple[Tuple[int, float], ...] = opt((), "[[epoch, rho], ...]: rho from that 0-based epoch on")
+    bn_mode: Literal["update", "freeze"] = opt("update", "BN running stats in the perturbed pass: update (official) or freeze")
+    perturbation: Literal["global", "local"] = opt("global", "DDP: perturb along the global or each replica's gradient")
+
+
+@dataclass(frozen=True)
+class PerturbOptions(RhoOptions):
+    """SAM and the methods that reweight it per class (one perturbation of all weights)."""
+    exclude_bn_bias: bool = opt(False, "leave normalisation parameters and biases unperturbed")
+
+
+def constructor_args(options: OptimOptions) -> dict:
+    """The keyword arguments of an optimizer's constructor: every option but the name and the
+    rho schedule (the engine sets each epoch's rho on the param groups)."""
+    return {k: v for k, v in vars(options).items() if k not in ("name", "rho_milestones")}
+
+
+# ---------------------------------------------------------------------------------- the base class
 class SharpnessOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses implement `step(model, images, targets, criterion)`.
 
@@ -41,7 +73,7 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         lr, momentum, weight_decay, nesterov: the base SGD step.
         rho: perturbation radius (ignored by plain SGD).
         bn_mode: "update" lets BatchNorm running statistics update during the perturbed forward
-            pass (the official code); "freeze" restores them afterwards, so only clean passes count.
+            pass (the official code); "freeze" keeps them as they were, so only clean passes count.
         exclude_bn_bias: leave normalisation-layer parameters and biases unperturbed.
         perturbation: under DDP, "global" perturbs along the gradient of the whole (global) batch,
             which is what the official single-process DataParallel runs computed; "local" along
@@ -53,14 +85,11 @@ class SharpnessOptimizer(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, rho: float = 0.05, bn_mode: str = "update",
                  exclude_bn_bias: bool = False, perturbation: str = "global", amp: str = "none"):
+        _check_choice("bn_mode", bn_mode, ("update", "freeze"))
+        _check_choice("perturbation", perturbation, ("global", "local"))
+        _check_choice("amp", amp, tuple(AMP_DTYPES))
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
-        if bn_mode not in ("update", "freeze"):
-            raise ValueError(f"bn_mode must be 'update' or 'freeze', got {bn_mode!r}")
-        if perturbation not in ("global", "local"):
-            raise ValueError(f"perturbation must be 'global' or 'local', got {perturbation!r}")
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         super().__init__(params, dict(rho=rho))
         self.base_optimizer = torch.optim.SGD(self.param_groups, lr=lr, momentum=momentum,
                                               weight_decay=weight_decay, nesterov=nesterov)
@@ -69,9 +98,7 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         self.bn_mode, self.exclude_bn_bias, self.perturbation, self.amp = bn_mode, exclude_bn_bias, perturbation, amp
         device_type = self.param_groups[0]["params"][0].device.type
         self.scaler = torch.amp.GradScaler(device_type, enabled=(amp == "fp16"))
-        self._perturbed_cache = None
 
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Base SGD state (momentum buffers, param groups with lr and rho) and the loss scaler."""
         return {"base": self.base_optimizer.state_dict(), "scaler": self.scaler.state_dict()}
@@ -83,28 +110,24 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         if state_dict.get("scaler"):
             self.scaler.load_state_dict(state_dict["scaler"])
 
-    # ------------------------------------------------------------------ pieces for subclasses
-    def _params(self) -> List[torch.nn.Parameter]:
+    # ------------------------------------------------------------------ parameters
+    def trainable(self) -> List[nn.Parameter]:
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
 
-    def _perturbed(self, model: nn.Module) -> List[Tuple[torch.nn.Parameter, dict]]:
-        """(parameter, its param group) for every parameter the perturbation moves."""
-        if self._perturbed_cache is None:
-            skip = set()
-            if self.exclude_bn_bias:
-                skip = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(False)}
-                skip |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
-            self._perturbed_cache = [(p, g) for g in self.param_groups for p in g["params"]
-                                     if p.requires_grad and id(p) not in skip]
-        return self._perturbed_cache
+    def perturbed(self, model: nn.Module) -> Tuple[List[nn.Parameter], List[float]]:
+        """The parameters the perturbation moves and the rho of each one's group, read from the
+        current param groups at every step (so a rho set after `load_state_dict` counts)."""
+        skip = set()
+        if self.exclude_bn_bias:
+            skip = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(False)}
+            skip |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
+        pairs = [(p, g["rho"]) for g in self.param_groups for p in g["params"] if p.requires_grad and id(p) not in skip]
+        return [p for p, _ in pairs], [r for _, r in pairs]
 
-    def _autocast(self, device_type: str):
-        dtype = AMP_DTYPES[self.amp]
-        return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    def _forward(self, model, images, targets, criterion):
-        """One forward pass: (logits, per-sample losses in full precision)."""
-        with self._autocast(images.device.type):
+    # ------------------------------------------------------------------ passes
+    def forward(self, model, images, targets, criterion):
+        """One forward pass (under autocast when asked): (logits, per-sample losses, fp32 at least)."""
+        with self.autocast(images.device.type):
             logits = model(images)
             losses = criterion(logits, targets)
         if losses.shape != targets.shape:
@@ -112,24 +135,37 @@ class SharpnessOptimizer(torch.optim.Optimizer):
                              f"got {tuple(losses.shape)} (use reduction='none')")
         return logits, full_precision(losses)
 
-    @staticmethod
-    def _ddp(model):
-        return model if isinstance(model, DistributedDataParallel) else None
+    def autocast(self, device_type: str):
+        dtype = AMP_DTYPES[self.amp]
+        return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-    def _no_sync(self, model):
-        ddp = self._ddp(model)
-        return ddp.no_sync() if ddp is not None else contextlib.nullcontext()
+    def backward(self, loss: torch.Tensor) -> None:
+        """.grad += d loss / dw (times the fp16 loss scale)."""
+        self.scaled(loss).backward()
 
-    def _sum_across_ranks(self, model, tensors: List[torch.Tensor]) -> None:
-        ddp = self._ddp(model)
-        if ddp is not None:
-            all_reduce_sum_(tensors, ddp.process_group)
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss) if self.scaler.is_enabled() else loss
 
     @contextlib.contextmanager
-    def _bn_guard(self, model):
-        """With bn_mode="freeze", BN running statistics leave the perturbed pass unchanged.
+    def moved(self, model, params: Sequence[torch.Tensor], eps: Sequence[torch.Tensor]):
+        """Inside: the weights are w + eps (BN statistics per `bn_mode`); after: exactly w again."""
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]
+            for p, e in zip(params, eps):
+                p.add_(e)
+        try:
+            with self.bn_guard(model):
+                yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
 
-        The pass runs on clones of the buffers, which are dropped afterwards. Restoring the
+    @contextlib.contextmanager
+    def bn_guard(self, model):
+        """With bn_mode="freeze", BN running statistics leave the block unchanged.
+
+        The block runs on clones of the buffers, which are dropped afterwards. Restoring the
         originals in place instead would bump their version counters before the backward pass,
         which autograd rejects (batch norm's backward takes the running statistics as inputs).
         """
@@ -137,36 +173,77 @@ class SharpnessOptimizer(torch.optim.Optimizer):
             yield
             return
         swapped = [(m, name, buf) for m in model.modules() if isinstance(m, _BatchNorm)
-                   for name, buf in m._buffers.items() if buf is not None]
+                   for name, buf in m.named_buffers(recurse=False)]
         for m, name, buf in swapped:
-            m._buffers[name] = buf.clone()
+            setattr(m, name, buf.clone())   # a registered buffer: Module.__setattr__ replaces it
         try:
             yield
         finally:
             for m, name, buf in swapped:
-                m._buffers[name] = buf
+                setattr(m, name, buf)
 
-    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        """fp16: the loss times the current loss scale (GradScaler.scale); else the loss."""
-        return self.scaler.scale(loss) if self.scaler.is_enabled() else loss
+    # ------------------------------------------------------------------ fp16 and DDP plumbing
+    def unscaled_or_skip(self, params, grads: List[torch.Tensor], model) -> bool:
+        """fp16: divide `grads` by the loss scale in place and return True; if they hold inf/NaN,
+        hand them to the scaler (which skips the step and backs off once) and return False."""
+        if not self.scaler.is_enabled():
+            return True
+        bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float().reshape(1)
+        if self.perturbation == "local":   # ranks found overflow on their own: all must agree to skip
+            self.sum_across_ranks(model, [bad])
+        if bool(bad.item()):
+            for p, g in zip(params, grads):
+                p.grad = g
+            self.scaler.step(self.base_optimizer)
+            self.scaler.update()
+            return False
+        inv = 1.0 / self.scaler.get_scale()
+        for g in grads:
+            g.mul_(inv)
+        return True
 
-    def _skip_nonfinite(self, params, scaled_grads) -> None:
-        """fp16: hand non-finite gradients to the scaler, which skips the step and backs off."""
-        for p, g in zip(params, scaled_grads):
-            p.grad = g
-        self.scaler.step(self.base_optimizer)
-        self.scaler.update()
+    @staticmethod
+    def ddp(model):
+        return model if isinstance(model, DistributedDataParallel) else None
 
-    def _finish(self, model) -> None:
+    def no_sync(self, model):
+        ddp = self.ddp(model)
+        return ddp.no_sync() if ddp is not None else contextlib.nullcontext()
+
+    def sum_across_ranks(self, model, tensors: List[torch.Tensor]) -> None:
+        ddp = self.ddp(model)
+        if ddp is not None:
+            all_reduce_sum_(tensors, ddp.process_group)
+
+    def global_batch_size(self, model, targets: torch.Tensor):
+        """b of the whole batch: the local size, or its sum over DDP's ranks (losses are divided
+        by it, so that summing gradients across ranks gives the mean over the global batch)."""
+        if self.ddp(model) is None:
+            return float(len(targets))
+        n = torch.tensor([float(len(targets))], device=targets.device)
+        self.sum_across_ranks(model, [n])
+        return n[0]
+
+    def finish(self, model) -> None:
         """Sum the final gradient across ranks once, then the base SGD step (through the scaler)."""
-        self._sum_across_ranks(model, [p.grad for p in self._params() if p.grad is not None])
+        self.sum_across_ranks(model, [p.grad for p in self.trainable() if p.grad is not None])
         if self.scaler.is_enabled():
             self.scaler.step(self.base_optimizer)
             self.scaler.update()
         else:
             self.base_optimizer.step()
 
-    def _check_targets(self, targets: torch.Tensor, num_classes: int) -> None:
+    def check_targets(self, targets: torch.Tensor, num_classes: int) -> None:
         if num_classes and targets.numel() and int(targets.max()) >= num_classes:
             raise ValueError(f"target {int(targets.max())} is out of range for {num_classes} classes "
                              f"(class_counts has {num_classes} entries)")
+
+
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Losses in fp32 at least (fp64 stays fp64, for exactness tests)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

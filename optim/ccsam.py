@@ -12,10 +12,13 @@ with eps treated as a constant. The official code averages the perturbed losses 
 here (not over classes). Radius rules (`radius`):
 
   official: per parameter tensor t and class k, eps_kt = r_kt g_kt / ||g_kt|| with
-            r_kt = rho sqrt(||theta_t||) P^(1/4) / (sqrt(2) (n_k - 1)^(1/4) sqrt(||g_kt||)),
-            theta_t the tensor, P the number of perturbed parameters, n_k the training count
-            (n_k - 1 is clamped to >= 1 so that a one-image class does not divide by zero). The
-            official code takes ||theta_t|| per tensor (weight and bias separately), as here.
+            r_kt = rho sqrt(||theta||) P^(1/4) / (sqrt(2) (n_k - 1)^(1/4) sqrt(||g_kt||)),
+            ||theta|| ONE norm over all perturbed parameters (the norm of the per-tensor norms,
+            plus 1e-12), P their number, g_kt the gradient of class k's mean loss w.r.t. tensor t
+            (weight and bias separately), n_k the training count (n_k - 1 is clamped to >= 1 so
+            that a one-image class does not divide by zero). This is the official code's
+            `param_norm = grad_norm(disturb_params) + 1e-12` (zzpustc/CC-SAM train_cifar.py,
+            utils/pytorch.py), which despite its name is the norm of the parameters.
   plain:    eps_k = rho_k g_k / ||g_k|| (one norm over the scope), rho_k = rho (n_min / n_k)^(1/4):
             the rarest class gets rho, the radius grows from head to tail like LDAM's margins.
 
@@ -32,11 +35,14 @@ batch, O(b^2 (D + C)), no per-class copy of the classifier. Any other head, or s
 the generic path: one autograd call per class and `torch.func.functional_call` with the
 perturbed parameters (no deep copies).
 
+Each perturbed tensor uses the rho of its own param group (the radius rules are per tensor).
 Under DDP with perturbation="global" (default) the per-class gradients are those of the global
-batch (features and logit gradients are gathered; generic path: per-class gradients summed
-across ranks); with "local" each replica uses its own batch.
+batch (features and logit gradients are gathered on DDP's process group; generic path: per-class
+gradients summed across it); with "local" each replica uses its own batch.
 """
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -44,18 +50,28 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from core.collectives import gather_variable
-from optim.base import SharpnessOptimizer, full_precision
+from core.options import opt
+from optim.base import RhoOptions, SharpnessOptimizer, full_precision
 
 
-def radius_scales(grad_norms: torch.Tensor, param_norms: torch.Tensor, num_params: int, counts: torch.Tensor,
-                  rho: float, n_min: float, rule: str) -> torch.Tensor:
+@dataclass(frozen=True)
+class CCSAMOptions(RhoOptions):
+    ratio: float = opt(0.3, "CC-SAM: weight r of the perturbed loss, in [0, 1] (official 0.3)")
+    radius: Literal["official", "plain"] = opt("official", "CC-SAM: per-class radius rule (optim/ccsam.py)")
+    scope: Literal["classifier", "all"] = opt("classifier", "CC-SAM: parameters perturbed per class")
+
+
+def radius_scales(grad_norms: torch.Tensor, param_norm: torch.Tensor, num_params: int, counts: torch.Tensor,
+                  rho: torch.Tensor, n_min: float, rule: str) -> torch.Tensor:
     """Scale s_kt with eps_kt = s_kt * g_kt, for K classes x T tensors.
 
-    grad_norms (K, T): ||g_kt||; param_norms (T,): ||theta_t||; counts (K,): training counts n_k.
-    A zero gradient gives a zero perturbation.
+    grad_norms (K, T): ||g_kt||; param_norm (): ||theta||, one norm over all perturbed tensors;
+    counts (K,): training counts n_k; rho (T,) or (): each tensor's radius. A zero gradient gives
+    a zero perturbation.
     """
+    rho = torch.as_tensor(rho, dtype=grad_norms.dtype, device=grad_norms.device)
     if rule == "official":
-        radius = rho * param_norms.sqrt()[None, :] * num_params ** 0.25 / (
+        radius = rho * (param_norm + 1e-12).sqrt() * num_params ** 0.25 / (
             math.sqrt(2.0) * (counts - 1).clamp(min=1.0)[:, None] ** 0.25 * grad_norms.sqrt())
         scale = radius / grad_norms
     elif rule == "plain":
@@ -89,51 +105,40 @@ class CCSAM(SharpnessOptimizer):
             raise ValueError(f"scope must be 'classifier' or 'all', got {scope!r}")
         self.class_counts = torch.as_tensor(class_counts, dtype=torch.float64)
         self.ratio, self.radius, self.scope = ratio, radius, scope
-        self.force_generic = False   # tests: run the generic path on a linear head too
         self._checked_targets = False
 
     # ------------------------------------------------------------------ the step
     def step(self, model, images, targets, criterion):
         if not self._checked_targets:
-            self._check_targets(targets, len(self.class_counts))
+            self.check_targets(targets, len(self.class_counts))
             self._checked_targets = True
         self.zero_grad(set_to_none=True)
-        inner = model.module if self._ddp(model) is not None else model
-        with self._no_sync(model):
-            with self._autocast(images.device.type):
+        inner = model.module if self.ddp(model) is not None else model
+        with self.no_sync(model):
+            with self.autocast(images.device.type):
                 feats, logits = model(images, return_features=True)
                 losses = full_precision(criterion(logits, targets))
-            total = self._global_count(model, targets)
+            total = self.global_batch_size(model, targets)
             if self.ratio > 0:
                 perturbed_logits = self._perturbed_logits(model, inner, images, targets, feats, logits, losses, criterion)
-                with self._autocast(images.device.type):
+                with self.autocast(images.device.type):
                     perturbed = full_precision(criterion(perturbed_logits, targets))
                 loss = ((1.0 - self.ratio) * losses + self.ratio * perturbed).sum() / total
             else:
                 loss = losses.sum() / total
-            self._scaled(loss).backward()
-        self._finish(model)
+            self.backward(loss)
+        self.finish(model)
         return losses.detach().mean(), logits.detach()
-
-    def _global_count(self, model, targets):
-        if self._ddp(model) is None:
-            return float(len(targets))
-        n = torch.tensor([float(len(targets))], device=targets.device)
-        self._sum_across_ranks(model, [n])
-        return n[0]
 
     def _perturbed_logits(self, model, inner, images, targets, feats, logits, losses, criterion):
         head = inner.classifier
-        if self.scope == "classifier" and isinstance(head, nn.Linear) and not self.force_generic:
+        if self.scope == "classifier" and type(head) is nn.Linear:   # subclasses may change forward: generic
             return self._linear_closed_form(model, head, targets, feats, logits, losses)
         return self._per_class(model, inner, images, targets, feats, logits, losses)
 
-    def _rho(self) -> float:
-        return self.param_groups[0]["rho"]
-
     def _gathered(self, model, *tensors):
         """The tensors of the whole global batch (perturbation='global' under DDP), else as given."""
-        ddp = self._ddp(model)
+        ddp = self.ddp(model)
         if ddp is None or self.perturbation == "local":
             return tensors
         return tuple(gather_variable(t.contiguous(), ddp.process_group) for t in tensors)
@@ -165,11 +170,16 @@ class CCSAM(SharpnessOptimizer):
 
     def _scales(self, grad_norms, params, classes):
         with torch.no_grad():
-            param_norms = torch.stack([p.detach().norm() for p in params]).to(grad_norms.dtype)
+            param_norm = torch.nn.utils.get_total_norm([p.detach() for p in params]).to(grad_norms.dtype)
             counts = self.class_counts.to(device=grad_norms.device, dtype=grad_norms.dtype)
             num = sum(p.numel() for p in params)
-            return radius_scales(grad_norms, param_norms, num, counts[classes], self._rho(), float(counts.min()),
+            return radius_scales(grad_norms, param_norm, num, counts[classes], self._rhos(params), float(counts.min()),
                                  self.radius)
+
+    def _rhos(self, params) -> torch.Tensor:
+        """(T,) the rho of each perturbed tensor's param group."""
+        rho_of = {id(p): g["rho"] for g in self.param_groups for p in g["params"]}
+        return torch.tensor([rho_of[id(p)] for p in params], dtype=torch.float64)
 
     # ------------------------------------------------------------------ generic: any head, any scope
     def _per_class(self, model, inner, images, targets, feats, logits, losses):
@@ -178,7 +188,7 @@ class CCSAM(SharpnessOptimizer):
         names, params = zip(*[(n, p) for n, p in module.named_parameters() if p.requires_grad])
         per_class = torch.bincount(targets, minlength=len(self.class_counts)).to(losses.dtype)
         if self.perturbation == "global":
-            self._sum_across_ranks(model, [per_class])
+            self.sum_across_ranks(model, [per_class])
         classes = per_class.nonzero().flatten()
         counts_in_batch = per_class[classes]
         grads = []
@@ -188,7 +198,7 @@ class CCSAM(SharpnessOptimizer):
                                     retain_graph=True, allow_unused=True)
             grads.append([torch.zeros_like(p) if x is None else x for p, x in zip(params, g)])
         if self.perturbation == "global":
-            self._sum_across_ranks(model, [x for g in grads for x in g])
+            self.sum_across_ranks(model, [x for g in grads for x in g])
         grad_norms = torch.stack([torch.stack([x.norm() for x in g]) for g in grads]).to(losses.dtype)
         scales = self._scales(grad_norms, params, classes)
         out = torch.zeros_like(logits, dtype=losses.dtype)
@@ -197,11 +207,11 @@ class CCSAM(SharpnessOptimizer):
             if len(idx) == 0:
                 continue
             moved = {n: p + scales[i, t].to(p.dtype) * grads[i][t].detach() for t, (n, p) in enumerate(zip(names, params))}
-            with self._autocast(images.device.type):
+            with self.autocast(images.device.type):
                 if self.scope == "classifier":
                     z = functional_call(module, moved, (feats[idx],))
                 else:
-                    with self._bn_guard(inner):
+                    with self.bn_guard(inner):
                         z = functional_call(module, moved, (images[idx],))
             out = out.index_put((idx,), z.to(out.dtype))
         return out

@@ -42,6 +42,8 @@ def imbsam_weights(class_counts, eta: float) -> Weights:
 
 def focal_sam_weights(class_counts, gamma: float, lam: float) -> Weights:
     """Focal-SAM (Li et al. ICML 2025): c_k = lam (1 - pi_k)^gamma, a_k = 1 - c_k."""
+    if gamma < 0 or lam < 0:  # a negative lam would flip the perturbation; lam > 1 is allowed (iNaturalist: 1.1)
+        raise ValueError(f"Focal-SAM needs gamma >= 0 and lam >= 0, got gamma={gamma}, lam={lam}")
     n = _counts(class_counts)
     c = lam * (1.0 - n / n.sum()) ** gamma
     return 1.0 - c, c

@@ -1,4 +1,4 @@
-"""SGD, SAM, ImbSAM and Focal-SAM: one algorithm with two per-class weight vectors.
+"""SGD, SAM, ImbSAM and Focal-SAM: one update with two per-class weight vectors.
 
 For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y_i] l_i(w):
 
@@ -9,123 +9,132 @@ For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y
 `a` (clean part) and `c` (sharpness part) come from `optim.class_weights`: SGD a=1, c=0 (no
 perturbation: one forward, one backward); SAM a=0, c=1 (2 fwd, 2 bwd); ImbSAM a = head mask,
 c = tail mask; Focal-SAM c = lam (1 - pi_k)^gamma, a = 1 - c (2 fwd, 3 bwd). Focal-SAM with
-gamma=0, lam=1 reduces to SAM. The clean gradient grad L_a(w) and u = grad L_c(w) come from ONE
-forward pass (two backward passes through the same graph); the perturbed pass is the second
-forward. A batch whose sharpness part is empty (ImbSAM with no tail sample) skips the perturbed
-pass: then L_c = 0 and g = grad L_a(w) exactly.
+gamma=0, lam=1 is SAM. grad L_a(w) and u come from ONE forward pass (two backward passes through
+the same graph); the perturbed pass is the second forward. With clean_backward="batched" those
+two backward passes are one: backward is linear in the per-sample weights, so
+autograd.grad(l, w, grad_outputs=[a[y]/b; c[y]/b], is_grads_batched=True) gives both gradients
+(vmap over the two weight rows), the same numbers as two passes. A batch whose sharpness part is empty
+(ImbSAM with no tail sample) skips the perturbed pass: then g = grad L_a(w) exactly.
 
-Use in your own loop:
+Under DDP (optim/base.py) u is the gradient of the GLOBAL batch by default; with
+perturbation="local" each replica perturbs along its own gradient. g is summed across ranks once.
 
     opt = FocalSAM(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
                    rho=0.2, gamma=3.0, lam=0.5, class_counts=counts)
-    for images, targets in loader:
-        loss, logits = opt.step(model, images, targets, nn.CrossEntropyLoss(reduction="none"))
+    loss, logits = opt.step(model, images, targets, nn.CrossEntropyLoss(reduction="none"))
 """
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
 
 import torch
 
-from optim.base import SharpnessOptimizer
+from core.options import opt
+from optim.base import PerturbOptions, SharpnessOptimizer
 from optim.class_weights import focal_sam_weights, imbsam_weights, sam_weights, sgd_weights
 
 
 class WeightedSAM(SharpnessOptimizer):
-    """The one algorithm. `clean_weight` / `sharp_weight`: per-class vectors (C,) or scalars.
+    """The one update. `clean_weight` / `sharp_weight`: per-class vectors (C,) or scalars."""
 
-    Under DDP (see optim/base.py) u is the gradient of the GLOBAL batch by default
-    (`perturbation="global"`); with "local" each replica perturbs along its own gradient. The
-    final gradient g is summed across ranks once.
-    """
-
-    def __init__(self, params, lr: float, clean_weight, sharp_weight, **kwargs):
+    def __init__(self, params, lr: float, clean_weight, sharp_weight, clean_backward: str = "separate", **kwargs):
+        if clean_backward not in ("separate", "batched"):
+            raise ValueError(f"clean_backward must be 'separate' or 'batched', got {clean_backward!r}")
         super().__init__(params, lr, **kwargs)
+        self.clean_backward = clean_backward
         self.clean_weight = torch.as_tensor(clean_weight, dtype=torch.float64)
         self.sharp_weight = torch.as_tensor(sharp_weight, dtype=torch.float64)
         if self.clean_weight.shape != self.sharp_weight.shape or self.clean_weight.ndim > 1:
             raise ValueError("clean_weight and sharp_weight must be scalars or vectors of one length")
-        # Whether each part is never / always / sometimes present in a batch, known from the
-        # class vectors: only "sometimes" needs a per-batch look at the targets.
-        self._clean_mode = self._presence(self.clean_weight)
-        self._sharp_mode = self._presence(self.sharp_weight)
-        self._checked_targets = False
-
-    @staticmethod
-    def _presence(w: torch.Tensor) -> str:
-        nonzero = w != 0
-        return "always" if bool(nonzero.all()) else ("never" if not bool(nonzero.any()) else "sometimes")
-
-    def _per_sample(self, w: torch.Tensor, targets: torch.Tensor, dtype) -> torch.Tensor:
-        w = w.to(device=targets.device, dtype=dtype)
-        return w.expand(targets.shape) if w.ndim == 0 else w[targets]
-
-    def _plan(self, model, a: torch.Tensor, c: torch.Tensor):
-        """(global batch size, clean part present, sharpness part present) for this batch."""
-        total, needs = float(a.numel()), {}
-        if self._ddp(model) is not None or "sometimes" in (self._clean_mode, self._sharp_mode):
-            stats = torch.stack([torch.ones_like(a).sum(), (a != 0).sum().to(a.dtype), (c != 0).sum().to(a.dtype)])
-            self._sum_across_ranks(model, [stats])
-            total = stats[0]
-            needs = {"clean": stats[1], "sharp": stats[2]}
-        present = lambda mode, key: mode == "always" or (mode == "sometimes" and bool(needs[key] > 0))
-        return total, present(self._clean_mode, "clean"), present(self._sharp_mode, "sharp")
+        self._targets_checked = False
 
     def step(self, model, images, targets, criterion):
         """Every pass and the base update for one batch; returns (mean clean loss, clean logits)."""
-        if not self._checked_targets and self.clean_weight.ndim == 1:
-            self._check_targets(targets, len(self.clean_weight))
-            self._checked_targets = True
+        self._check_targets_once(targets)
         self.zero_grad(set_to_none=True)
-        with self._no_sync(model):
-            logits, losses = self._forward(model, images, targets, criterion)
-            a = self._per_sample(self.clean_weight, targets, losses.dtype)
-            c = self._per_sample(self.sharp_weight, targets, losses.dtype)
-            total, need_clean, need_sharp = self._plan(model, a, c)
-            eps = None
-            if need_sharp:
-                eps = self._perturbation(model, self._scaled((c * losses).sum() / total), retain=need_clean)
-                if eps is None:  # fp16 overflow in u: the scaler skipped the step
-                    return losses.detach().mean(), logits.detach()
-            if need_clean:
-                self._scaled((a * losses).sum() / total).backward()
-            if need_sharp:
-                self._perturbed_backward(model, images, targets, criterion, c, total, eps)
-        self._finish(model)
+        with self.no_sync(model):
+            logits, losses = self.forward(model, images, targets, criterion)         # l_i(w), (b,)
+            a, c = (self._per_sample(w, targets, losses.dtype) for w in (self.clean_weight, self.sharp_weight))
+            b, has_clean, has_sharp = self._batch_plan(model, a, c)
+            batched = has_sharp and has_clean and self.clean_backward == "batched"
+            if batched:                    # grad L_a(w) into .grad and u from one backward
+                params, eps = self.ascent_and_clean(model, losses, torch.stack([a, c]) / b)
+            elif has_sharp:
+                params, eps = self.ascent(model, (c * losses).sum() / b, keep_graph=has_clean)
+            if has_sharp and eps is None:  # fp16: u overflowed, the scaler skipped this step
+                return losses.detach().mean(), logits.detach()
+            if has_clean and not batched:
+                self.backward((a * losses).sum() / b)                                 # grad L_a(w)
+            if has_sharp:
+                with self.moved(model, params, eps):
+                    _, perturbed = self.forward(model, images, targets, criterion)    # l_i(w + eps)
+                    self.backward((c * perturbed).sum() / b)                          # + grad L_c(w + eps)
+        self.finish(model)
         return losses.detach().mean(), logits.detach()
 
-    def _perturbation(self, model, scaled_sharp_loss, retain: bool):
-        """eps = rho * u / (||u|| + 1e-12), u = grad L_c(w); None when fp16 u overflowed."""
-        pairs = self._perturbed(model)
-        params = [p for p, _ in pairs]
-        u = torch.autograd.grad(scaled_sharp_loss, params, retain_graph=retain, allow_unused=True)
+    def ascent(self, model, sharp_loss: torch.Tensor, keep_graph: bool):
+        """(perturbed params, eps = rho u / (||u|| + 1e-12)) with u = grad L_c(w); eps is None
+        when the fp16 u overflowed."""
+        params, rhos = self.perturbed(model)
+        u = torch.autograd.grad(self.scaled(sharp_loss), params, retain_graph=keep_graph, allow_unused=True)
         u = [torch.zeros_like(p) if g is None else g for p, g in zip(params, u)]
         if self.perturbation == "global":
-            self._sum_across_ranks(model, u)
-        if self.scaler.is_enabled():
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
-            bad = (~torch.isfinite(norm)).float().reshape(1)
-            if self.perturbation == "local":  # every rank must agree to skip
-                self._sum_across_ranks(model, [bad])
-            if bool(bad.item()):
-                self._skip_nonfinite(params, u)
-                return None
-            torch._foreach_mul_(u, 1.0 / self.scaler.get_scale())
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
-        for (_, group), g in zip(pairs, u):
-            g.mul_(group["rho"] / (norm + 1e-12))
-        return u
+            self.sum_across_ranks(model, u)
+        if not self.unscaled_or_skip(params, u, model):
+            return params, None
+        return params, self.scaled_to_rho(u, rhos)
 
-    def _perturbed_backward(self, model, images, targets, criterion, c, total, eps) -> None:
-        """Accumulate grad L_c(w + eps) into .grad, then put the weights back exactly."""
-        params = [p for p, _ in self._perturbed(model)]
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in params]
-            torch._foreach_add_(params, eps)
-        with self._bn_guard(model):
-            _, losses = self._forward(model, images, targets, criterion)
-        self._scaled((c * losses).sum() / total).backward()
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+    @staticmethod
+    def scaled_to_rho(u, rhos):
+        norm = torch.nn.utils.get_total_norm(u)
+        return [g.mul_(rho / (norm + 1e-12)) for g, rho in zip(u, rhos)]
+
+    def ascent_and_clean(self, model, losses: torch.Tensor, weights: torch.Tensor):
+        """`ascent` plus the clean gradient, from one batched backward: weights (2, b) holds
+        a[y_i] / b and c[y_i] / b; row 0's gradient goes to .grad, row 1's is u."""
+        params, rhos = self.perturbed(model)
+        every = self.trainable()
+        both = torch.autograd.grad(losses, every, grad_outputs=self.scaled(weights), is_grads_batched=True,
+                                   allow_unused=True)
+        by_id = {id(p): g for p, g in zip(every, both)}
+        for p, g in zip(every, both):
+            p.grad = None if g is None else g[0]
+        u = [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
+        if self.perturbation == "global":
+            self.sum_across_ranks(model, u)
+        if not self.unscaled_or_skip(params, u, model):
+            return params, None
+        return params, self.scaled_to_rho(u, rhos)
+
+    # ------------------------------------------------------------------ bookkeeping
+    @staticmethod
+    def _per_sample(w: torch.Tensor, targets: torch.Tensor, dtype) -> torch.Tensor:
+        w = w.to(device=targets.device, dtype=dtype)
+        return w.expand(targets.shape) if w.ndim == 0 else w[targets]
+
+    def _batch_plan(self, model, a: torch.Tensor, c: torch.Tensor):
+        """(global batch size, clean part present?, sharpness part present?).
+
+        A part whose class weights are all non-zero (or all zero) is present (absent) in every
+        batch; only a part weighted on some classes (ImbSAM) needs a look at the batch, which
+        costs a host sync. Under DDP the counts are summed over the ranks, so all agree.
+        """
+        known = [_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight)]
+        if self.ddp(model) is None and None not in known:
+            return float(len(a)), known[0], known[1]
+        stats = torch.stack([torch.ones_like(a).sum(), (a != 0).sum().to(a.dtype), (c != 0).sum().to(a.dtype)])
+        self.sum_across_ranks(model, [stats])
+        has = [k if k is not None else bool(n > 0) for k, n in zip(known, stats[1:])]
+        return stats[0], has[0], has[1]
+
+    def _check_targets_once(self, targets: torch.Tensor) -> None:
+        if not self._targets_checked and self.clean_weight.ndim == 1:
+            self.check_targets(targets, len(self.clean_weight))
+        self._targets_checked = True
+
+
+def _always_or_never(w: torch.Tensor) -> Optional[bool]:
+    nonzero = w != 0
+    return True if bool(nonzero.all()) else (False if not bool(nonzero.any()) else None)
 
 
 class SGD(WeightedSAM):
@@ -146,12 +155,30 @@ class SAM(WeightedSAM):
         super().__init__(params, lr, a, c, rho=rho, **kwargs)
 
 
+@dataclass(frozen=True)
+class TwoPartOptions(PerturbOptions):
+    """Methods with both a clean and a sharpness part at w (ImbSAM, Focal-SAM)."""
+    clean_backward: Literal["separate", "batched"] = opt(
+        "separate", "grad L_a(w) and u: two backward passes, or one batched backward (same numbers)")
+
+
+@dataclass(frozen=True)
+class ImbSAMOptions(TwoPartOptions):
+    eta: float = opt(100.0, "ImbSAM: tail = classes with n_k <= eta (see docs/reproduce.md for the per-IF rule)")
+
+
 class ImbSAM(WeightedSAM):
     """ImbSAM (Zhou et al. ICCV 2023): SAM on the tail classes (n_k <= eta) only, SGD on the rest."""
 
     def __init__(self, params, lr: float, class_counts: Sequence, rho: float = 0.05, eta: float = 100.0, **kwargs):
         a, c = imbsam_weights(class_counts, eta)
         super().__init__(params, lr, a, c, rho=rho, **kwargs)
+
+
+@dataclass(frozen=True)
+class FocalSAMOptions(TwoPartOptions):
+    gamma: float = opt(2.0, "Focal-SAM: focusing exponent on (1 - pi_k), >= 0")
+    lam: float = opt(1.0, "Focal-SAM: sharpness weight lambda, >= 0 (the official iNaturalist run uses 1.1)")
 
 
 class FocalSAM(WeightedSAM):

@@ -2,6 +2,8 @@
 
 The headline is the last epoch (`final.json` top-level metrics). The best-on-test figure that
 final.json also keeps (`best_on_test`) goes only to the CSV, in its own column, never into a cell.
+Besides the cells, the report checks the orderings the paper claims (Focal-SAM above SAM, ImbSAM
+and CC-SAM for each loss and imbalance factor) on our runs, beside the paper's own gaps.
 """
 import csv
 import dataclasses
@@ -11,10 +13,10 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from repro.runner import FAILED
-from repro.spec import METRIC_LABELS, Table, run_folder
+from repro.runner import COMMAND, FAILED
+from repro.spec import DASH, METRIC_LABELS, Row, Table, run_folder
 
-MISSING_PAPER = "–"
+METHODS = ("SAM", "ImbSAM", "CC-SAM", "Focal-SAM")   # the "+X" suffixes of the paper's row names
 
 
 @dataclasses.dataclass
@@ -22,10 +24,11 @@ class Cell:
     values: List[float]               # one per finished seed (last epoch)
     expected: int                     # seeds asked for
     failed: int                       # seeds whose last attempt failed (FAILED, no final.json)
-    paper: Optional[float]
+    paper: Optional[float]            # None: the paper prints "-"
     finished: int = 0                 # seeds with a final.json (values may be fewer: see `format_cell`)
     best_on_test: List[float] = dataclasses.field(default_factory=list)
     synthetic: bool = False           # built from smoke runs on synthetic data
+    reference: bool = False           # a row the paper quotes from elsewhere: no run of ours
 
     @property
     def mean(self) -> Optional[float]:
@@ -69,6 +72,21 @@ class Finals:
         return self.cache[key]
 
 
+def _fill(cell: Cell, finals: Finals, keys: Sequence[str], metric: str) -> None:
+    for key in keys:
+        final, failed = finals.get(key)
+        if final is None:
+            cell.failed += failed
+            continue
+        cell.finished += 1
+        if final.get(metric) is not None:  # a group with no class (e.g. no head) is None
+            cell.values.append(float(final[metric]))
+        best = (final.get("best_on_test") or {}).get(metric)
+        if best is not None:
+            cell.best_on_test.append(float(best))
+        cell.synthetic |= (final.get("run") or {}).get("dataset") == "synthetic"
+
+
 def collect(table: Table, finals: Finals, seeds: Sequence[int]) -> List[List[Cell]]:
     """One list of cells per row, in the order of `table.columns()`."""
     out = []
@@ -76,26 +94,23 @@ def collect(table: Table, finals: Finals, seeds: Sequence[int]) -> List[List[Cel
         cells = []
         for group in table.groups:
             for i, metric in enumerate(group.metrics):
-                cell = Cell([], len(seeds), 0, row.paper[group.name][i])
-                for seed in seeds:
-                    final, failed = finals.get(run_folder(group, row, seed))
-                    if final is None:
-                        cell.failed += failed
-                        continue
-                    cell.finished += 1
-                    if final.get(metric) is not None:  # a group with no class (e.g. no head) is None
-                        cell.values.append(float(final[metric]))
-                    best = (final.get("best_on_test") or {}).get(metric)
-                    if best is not None:
-                        cell.best_on_test.append(float(best))
-                    cell.synthetic |= (final.get("run") or {}).get("dataset") == "synthetic"
+                cell = Cell([], 0 if row.reference else len(seeds), 0, row.paper[group.name][i],
+                            reference=row.reference)
+                if not row.reference:
+                    _fill(cell, finals, [run_folder(group, row, s) for s in seeds], metric)
                 cells.append(cell)
         out.append(cells)
     return out
 
 
+def paper_text(v: Optional[float]) -> str:
+    return DASH if v is None else f"{v:.1f}"
+
+
 def format_cell(cell: Cell) -> str:
-    paper = MISSING_PAPER if cell.paper is None else f"{cell.paper:.1f}"
+    paper = paper_text(cell.paper)
+    if cell.reference:
+        return f"no run / {paper}"
     if not cell.values:
         # n/a: runs finished but the group is empty (e.g. no class above the head threshold)
         state = "n/a" if cell.finished else "failed" if cell.failed else "missing"
@@ -108,47 +123,163 @@ def format_cell(cell: Cell) -> str:
     return f"{text} / {paper}"
 
 
-def markdown(table: Table, rows: List[List[Cell]]) -> str:
-    columns = [f"{g.name} {METRIC_LABELS[m]}" if len(table.groups) > 1 or len(g.metrics) > 1 else g.name
-               for g, m in table.columns()]
-    synthetic = any(c.synthetic for cells in rows for c in cells)
-    title = f"### {table.title}"
-    if synthetic:
-        title += "\n\n**SMOKE: built from runs on synthetic data; not comparable with the paper.**"
-    lines = [title, "", "| Method | " + " | ".join(columns) + " | seeds |",
-             "|---|" + "---|" * len(columns) + "---|"]
+def _group_cells(table: Table, cells: List[Cell]) -> List[Cell]:
+    """The first cell of each group: it stands for the group's runs (its metrics share them)."""
+    out, i = [], 0
+    for group in table.groups:
+        out.append(cells[i])
+        i += len(group.metrics)
+    return out
+
+
+def seed_summary(table: Table, row: Row, cells: List[Cell]) -> str:
+    """Finished seeds of the row: 'k/N' when every group has k, else per group."""
+    if row.reference:
+        return "quoted"
+    firsts = _group_cells(table, cells)
+    done = [c.finished for c in firsts]
+    failed = sum(c.failed for c in firsts)
+    asked = firsts[0].expected
+    text = f"{done[0]}/{asked}" if len(set(done)) == 1 else \
+        ", ".join(f"{g.name} {d}" for g, d in zip(table.groups, done)) + f" of {asked}"
+    return text + (f"; {failed} failed" if failed else "")
+
+
+def is_synthetic(rows: List[List[Cell]]) -> bool:
+    return any(c.synthetic for cells in rows for c in cells)
+
+
+SMOKE_LINE = "**SMOKE: built from runs on synthetic data; not comparable with the paper.**"
+LEGEND = ("Each cell: ours, last epoch, mean ± sample std over seeds / the paper's number (ours − paper). "
+          "`*`: fewer seeds finished than asked; missing: no finished run; n/a: the group has no class in "
+          "these runs; failed: every asked seed failed (see FAILED and train.log in its run folder); "
+          f"`{DASH}`: the paper prints no number; no run: a baseline the paper quotes (†), not run here. "
+          "seeds: finished seeds of the row (per column group when they differ).")
+
+
+def markdown(table: Table, rows: List[List[Cell]], notes: Sequence[str] = ()) -> str:
+    """The table in the paper's layout, then its orderings and `notes`."""
+    columns = [f"{g.name} {METRIC_LABELS[m]}" for g, m in table.columns()]
+    epochs = ["Epoch"] if table.has_epochs else []
+    lines = [f"### {table.title}", ""] + ([SMOKE_LINE, ""] if is_synthetic(rows) else [])
+    lines += ["| Method | " + " | ".join(epochs + columns) + " | seeds |",
+              "|---|" + "---|" * (len(epochs) + len(columns)) + "---|"]
     for row, cells in zip(table.rows, rows):
-        seeds = _seed_summary(table, cells)
-        lines.append(f"| {row.name} | " + " | ".join(format_cell(c) for c in cells) + f" | {seeds} |")
-    lines += ["", "Each cell: ours, last epoch, mean ± sample std over seeds / the paper's number (ours − paper). "
-                  "`*`: fewer seeds finished than asked; missing: no finished run; n/a: the group has no class "
-                  "in these runs; failed: every asked seed "
-                  f"failed (see FAILED and train.log in its run folder); {MISSING_PAPER}: the paper's number "
-                  "is not transcribed in repro/tables.yaml."]
+        epoch = [str(row.epochs or "")] if epochs else []
+        lines.append(f"| {row.name} | " + " | ".join(epoch + [format_cell(c) for c in cells])
+                     + f" | {seed_summary(table, row, cells)} |")
+    lines += ["", LEGEND]
+    order = orderings(table, rows)
+    if order:
+        lines += ["", *orderings_markdown(table, order)]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
-def _seed_summary(table: Table, cells: List[Cell]) -> str:
-    """Runs finished / asked over the row's groups (a group's metrics share its runs)."""
-    done = asked = failed = 0
-    i = 0
-    for group in table.groups:
-        cell = cells[i]  # the first metric of the group stands for its runs
-        done, asked, failed = done + cell.finished, asked + cell.expected, failed + cell.failed
-        i += len(group.metrics)
-    return f"{done}/{asked}" + (f", {failed} failed" if failed else "")
+# ----------------------------------------------------------------------------- orderings
 
+@dataclasses.dataclass
+class Ordering:
+    """Focal-SAM minus another method, one loss, one metric, per column group."""
+    loss: str
+    other: str                        # the other row's method, with its epochs where they differ
+    metric: str
+    ours: List[Optional[float]]       # per group; None: a run missing, or the group lacks the metric
+    paper: List[Optional[float]]
+    present: List[bool]               # the group reports the metric
+    se: List[Optional[float]]         # standard error of our gap; None below two seeds on a side
+
+
+def _split(name: str):
+    loss, _, method = name.rpartition("+")
+    return (loss, method) if loss and method in METHODS else (None, None)
+
+
+def _gap(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b
+
+
+def _se(a: Cell, b: Cell) -> Optional[float]:
+    """Standard error of mean(a) - mean(b) over independent seeds."""
+    if a.std is None or b.std is None:
+        return None
+    return math.sqrt(a.std ** 2 / len(a.values) + b.std ** 2 / len(b.values))
+
+
+def orderings(table: Table, rows: List[List[Cell]]) -> List[Ordering]:
+    """The paper's claims (sec. 5.2): Focal-SAM above SAM, ImbSAM and CC-SAM on All for every loss
+    and IF, and, against ImbSAM, above on Head while keeping Tail, where the table has them."""
+    named = {}
+    for row, cells in zip(table.rows, rows):
+        loss, method = _split(row.name)
+        if loss and not row.reference:
+            named[(loss, method)] = (row, dict(zip(table.columns(), cells)))
+    out = []
+    for (loss, method), (focal, fcells) in named.items():
+        if method != "Focal-SAM":
+            continue
+        for other in METHODS[:3]:
+            if (loss, other) not in named:
+                continue
+            orow, ocells = named[(loss, other)]
+            label = other + (f" ({orow.epochs} epochs)" if orow.epochs != focal.epochs else "")
+            for metric in ("top1", "head", "tail") if other == "ImbSAM" else ("top1",):
+                cols = [(g, metric) for g in table.groups]
+                present = [metric in g.metrics for g in table.groups]
+                if not any(present):
+                    continue
+                ours = [_gap(fcells[c].mean, ocells[c].mean) if p else None for c, p in zip(cols, present)]
+                paper = [_gap(fcells[c].paper, ocells[c].paper) if p else None for c, p in zip(cols, present)]
+                se = [_se(fcells[c], ocells[c]) if p else None for c, p in zip(cols, present)]
+                out.append(Ordering(loss, label, metric, ours, paper, present, se))
+    return out
+
+
+def _verdict(gap: Optional[float], se: Optional[float]) -> str:
+    if gap is None:
+        return "–"
+    word = "holds" if gap > 0 else "fails" if gap < 0 else "tie"
+    return f"{gap:+.2f} {word}" + (" (n.s.)" if se is not None and abs(gap) < 2 * se else "")
+
+
+def orderings_markdown(table: Table, order: List[Ordering]) -> List[str]:
+    lines = ["#### Orderings the paper claims: Focal-SAM minus the other method (ours / paper)", "",
+             "| Loss | Focal-SAM vs | metric | " + " | ".join(g.name for g in table.groups) + " |",
+             "|---|---|---|" + "---|" * len(table.groups)]
+    for o in order:
+        cells = []
+        for ours, paper, present, se in zip(o.ours, o.paper, o.present, o.se):
+            if not present:
+                cells.append("·")
+                continue
+            cells.append(f"{_verdict(ours, se)} / {DASH if paper is None else f'{paper:+.1f}'}")
+        lines.append(f"| {o.loss} | {o.other} | {METRIC_LABELS[o.metric]} | " + " | ".join(cells) + " |")
+    ours = [g for o in order for g in o.ours if g is not None]
+    paper = [g for o in order for g, p in zip(o.paper, o.present) if p and g is not None]
+    asked = sum(sum(o.present) for o in order)
+    lines += ["", f"Ours: Focal-SAM above in {sum(g > 0 for g in ours)} of the {len(ours)} comparisons with both "
+                  f"runs finished ({asked - len(ours)} not yet comparable). The paper's own numbers: above in "
+                  f"{sum(g > 0 for g in paper)} of {len(paper)}, equal in {sum(g == 0 for g in paper)}. "
+                  "holds / fails / tie: the sign of our gap (means over seeds); (n.s.): the gap is below two "
+                  "standard errors of the difference of the two means, so our seeds do not resolve it; "
+                  "·: the column has no such metric."]
+    return lines
+
+
+# ----------------------------------------------------------------------------- CSV
 
 def csv_text(table: Table, rows: List[List[Cell]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["table", "row", "config", "group", "metric", "seeds_asked", "seeds_done", "seeds_failed",
+    w.writerow(["table", "row", "config", "epochs", "group", "metric", "seeds_asked", "seeds_done", "seeds_failed",
                 "mean", "std", "paper", "diff", "values", "best_on_test_mean", "synthetic"])
     for row, cells in zip(table.rows, rows):
         for (group, metric), c in zip(table.columns(), cells):
             best = sum(c.best_on_test) / len(c.best_on_test) if c.best_on_test else None
-            w.writerow([table.id, row.name, row.config, group.name, metric, c.expected, len(c.values), c.failed,
-                        _num(c.mean), _num(c.std), _num(c.paper), _num(c.diff),
+            paper = DASH if c.paper is None else _num(c.paper)
+            w.writerow([table.id, row.name, row.config or "", row.epochs or "", group.name, metric, c.expected,
+                        len(c.values), c.failed, _num(c.mean), _num(c.std), paper, _num(c.diff),
                         " ".join(f"{v:g}" for v in c.values), _num(best), int(c.synthetic)])
     return buf.getvalue()
 
@@ -169,46 +300,83 @@ def collect_timing(table: Table, out_root: str) -> Dict[str, Optional[dict]]:
                 found[d] = json.load(f)
         except FileNotFoundError:
             found[d] = {"failed": True} if os.path.isfile(os.path.join(folder, FAILED)) else None
+            continue
+        found[d]["smoke"] = _ran_on_synthetic(folder)
     return found
+
+
+def _ran_on_synthetic(folder: str) -> bool:
+    """bench.json does not say which data it timed; the runner's command.json does (SMOKE=1 runs
+    set data.name=synthetic)."""
+    try:
+        with open(os.path.join(folder, COMMAND)) as f:
+            return "data.name=synthetic" in json.load(f)["argv"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def ours_ratio(bench: Optional[dict], opt: str) -> Optional[float]:
+    """Our seconds per step of `opt` over SAM's, from one benchmark (the same machine and batches)."""
+    rows = (bench or {}).get("rows") or {}
+    if opt not in rows or "sam" not in rows:
+        return None
+    return rows[opt]["seconds_per_step"] / rows["sam"]["seconds_per_step"]
+
+
+def _ours_timing(bench: Optional[dict], opt: str) -> str:
+    if bench is None or bench.get("failed"):
+        return "failed" if bench else "missing"
+    r = (bench.get("rows") or {}).get(opt)
+    if r is None:
+        return "missing"
+    return f"{r['seconds_per_epoch']:.1f} s ({ours_ratio(bench, opt):.2f}x)"
+
+
+def _paper_timing(table: Table, opt: str, j: int) -> str:
+    if opt not in table.raw["paper"]:
+        return "not in the paper"
+    return f"{table.raw['paper'][opt][j]:.2f} s ({table.raw['paper_ratio'][opt][j]:.2f}x)"   # as printed
+
+
+TIMING_NOTES = (
+    "Ours: seconds per epoch = mean training step x steps per epoch (scripts/bench_step.py; no data "
+    "loading, no evaluation) and the ratio to SAM's step in the same benchmark. Paper: its Table 1 as "
+    "printed (RTX 3090 / 4090 GPUs, App. C.5), seconds and the ratio to SAM. The machines differ: "
+    "compare the ratios, not the seconds.",
+    "CC-SAM's cost differs by construction: the paper's CC-SAM follows CC-SAM's protocol, perturbing "
+    "\"only the last few layers\" with a separate pass per class in the batch (2.05x to 15.47x SAM); "
+    "ours perturbs the classifier only, in closed form on the features of one forward pass "
+    "(optim/ccsam.py), about the cost of one SGD step. Its ratio is not comparable with the paper's.",
+)
 
 
 def timing_markdown(table: Table, found: Dict[str, Optional[dict]]) -> str:
     datasets, opts = table.raw["datasets"], table.raw["optimizers"]
-    lines = [f"### {table.title}", "", "| Optimizer | " + " | ".join(datasets) + " |",
-             "|---|" + "---|" * len(datasets)]
+    head = [f"{d} {who}" for d in datasets for who in ("ours", "paper")]
+    lines = [f"### {table.title}", ""]
+    if any(b and b.get("smoke") for b in found.values()):
+        lines += [SMOKE_LINE, ""]
+    lines += ["| Optimizer | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for opt in opts:
-        cells = []
-        for j, d in enumerate(datasets):
-            paper = table.raw["paper"][opt][j]
-            paper = MISSING_PAPER if paper is None else f"{paper:g}"
-            bench = found[d]
-            if bench is None or bench.get("failed") or opt not in bench.get("rows", {}):
-                cells.append(f"{'failed' if bench and bench.get('failed') else 'missing'} / {paper}")
-                continue
-            r = bench["rows"][opt]
-            sam = bench["rows"].get("sam", {}).get("seconds_per_step")
-            ratio = f" ({r['seconds_per_step'] / sam:.2f}x SAM)" if sam else ""
-            cells.append(f"{r['seconds_per_epoch']:.1f}{ratio} / {paper}")
+        cells = [c for j, d in enumerate(datasets) for c in (_ours_timing(found[d], opt), _paper_timing(table, opt, j))]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     measured = [f"{d}: {b['device']}, batch {b['batch']}" for d, b in found.items() if b and not b.get("failed")]
-    lines += ["", "Each cell: ours, seconds per epoch (median step time x steps per epoch, scripts/bench_step.py; "
-                  "no data loading or evaluation) and the ratio to SAM / the paper's seconds per epoch "
-                  f"({MISSING_PAPER}: not transcribed). The paper reports Focal-SAM at "
-                  f"{table.raw['paper_ratio_focal_sam_over_sam']}x SAM.",
-              "Measured on: " + ("; ".join(measured) if measured else "nothing yet") + "."]
+    lines += ["", TIMING_NOTES[0], "", TIMING_NOTES[1], "", "Measured on: " + ("; ".join(measured) if measured else "nothing yet") + "."]
     return "\n".join(lines) + "\n"
 
 
 def timing_csv(table: Table, found: Dict[str, Optional[dict]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["table", "optimizer", "dataset", "seconds_per_step", "seconds_per_epoch", "x_sam", "paper", "device"])
+    w.writerow(["table", "optimizer", "dataset", "seconds_per_step", "seconds_per_epoch", "x_sam",
+                "paper_seconds_per_epoch", "paper_x_sam", "device"])
     for opt in table.raw["optimizers"]:
         for j, d in enumerate(table.raw["datasets"]):
             bench = found[d] or {}
-            r = bench.get("rows", {}).get(opt)
-            sam = bench.get("rows", {}).get("sam", {}).get("seconds_per_step")
+            r = (bench.get("rows") or {}).get(opt)
+            paper = table.raw["paper"].get(opt)
+            ratio = table.raw["paper_ratio"].get(opt)
             w.writerow([table.id, opt, d, _num(r and r["seconds_per_step"]), _num(r and r["seconds_per_epoch"]),
-                        _num(r and sam and r["seconds_per_step"] / sam), _num(table.raw["paper"][opt][j]),
+                        _num(ours_ratio(bench, opt)), _num(paper and paper[j]), _num(ratio and ratio[j]),
                         bench.get("device", "")])
     return buf.getvalue()

@@ -1,68 +1,102 @@
-"""PNG figures of the tables: ours vs the paper per row, and per-class accuracy head to tail."""
+"""PNG figures of the tables: ours vs the paper per cell, per-class accuracy, Table 1's cost ratios.
+
+Legends sit outside the axes, so no legend covers a mark; figures built from smoke runs (synthetic
+data) say so in red in their title.
+"""
 from typing import Dict, List, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no screen on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from repro.collect import Cell, Finals  # noqa: E402
-from repro.spec import Group, Table, run_folder  # noqa: E402
+from repro.collect import Cell, Finals, is_synthetic, ours_ratio  # noqa: E402
+from repro.spec import METRIC_LABELS, Group, Table, run_folder  # noqa: E402
+
+SMOKE_TITLE = "SMOKE: synthetic data, not comparable with the paper"
+OURS, PAPER = "tab:blue", "black"
+TEN = plt.get_cmap("tab10").colors
+
+
+def _title(fig, title: str, smoke: bool) -> None:
+    """The table's title; on smoke runs a second line, and the whole title red."""
+    if smoke:
+        fig.suptitle(f"{title}\n{SMOKE_TITLE}", fontsize=9, color="red", weight="bold")
+    else:
+        fig.suptitle(title, fontsize=9)
+
+
+def _legend_below(fig, handles) -> None:
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+
+
+def _panel(ax, cells: List[Cell], ys: List[int], title: str) -> None:
+    """One column of the table: our mean (dot) ± std (line), the paper's number (black mark).
+    Dots, not bars: the axis starts near the values, where a bar's length would mean nothing."""
+    ours = [(c, y) for c, y in zip(cells, ys) if c.mean is not None]
+    ax.errorbar([c.mean for c, _ in ours], [y for _, y in ours], xerr=[c.std or 0.0 for c, _ in ours],
+                fmt="o", ms=4, color=OURS, ecolor=OURS, elinewidth=1.2, capsize=2, zorder=4)
+    marks = [(c.paper, y) for c, y in zip(cells, ys) if c.paper is not None]
+    ax.scatter([p for p, _ in marks], [y for _, y in marks], marker="|", s=160, linewidths=2, color=PAPER, zorder=3)
+    known = [v for c in cells for v in (c.mean, c.paper) if v is not None]
+    if known:
+        ax.set_xlim(max(-3.0, min(known) - 6), min(103.0, max(known) + 4))   # a dot at 0 or 100 stays whole
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(alpha=0.3)
 
 
 def table_png(table: Table, rows: List[List[Cell]], path: str) -> None:
-    """One panel per column group, on its overall accuracy (All): our mean ± std as a bar, the
-    paper's number as a black mark."""
-    panels = []
-    for g in table.groups:
-        metric = "top1" if "top1" in g.metrics else g.metrics[-1]
-        index = [i for i, (gg, m) in enumerate(table.columns()) if gg is g and m == metric][0]
-        panels.append((g, metric, index))
-    height = 0.35 * len(table.rows) + 1.2
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.5, height), sharey=True, squeeze=False)
-    names = [r.name for r in table.rows]
+    """One panel per column of the table (Head / Med / Tail / All where it has them)."""
+    columns = table.columns()
+    names = [r.name + (f" ({r.epochs} ep)" if r.epochs else "") + (" [paper only]" if r.reference else "")
+             for r in table.rows]
     ys = list(range(len(names)))
-    for ax, (g, metric, index) in zip(axes[0], panels):
-        cells = [cells_of_row[index] for cells_of_row in rows]
-        means = [c.mean if c.mean is not None else 0.0 for c in cells]
-        errs = [c.std or 0.0 for c in cells]
-        ax.barh(ys, means, xerr=errs, color=["tab:blue" if c.values else "none" for c in cells],
-                edgecolor="tab:blue", label="ours (last epoch)")
-        px = [(c.paper, y) for c, y in zip(cells, ys) if c.paper is not None]
-        if px:
-            ax.scatter([p for p, _ in px], [y for _, y in px], marker="|", s=200, color="black", zorder=3,
-                       label="paper")
-        known = [v for c in cells for v in ([c.mean] if c.mean is not None else []) + ([c.paper] if c.paper else [])]
-        if known:
-            ax.set_xlim(max(0.0, min(known) - 10), min(100.0, max(known) + 5))
-        ax.set_title(f"{g.name} ({'All' if metric == 'top1' else metric})", fontsize=9)
-        ax.set_xlabel("balanced top-1 %")
-        ax.grid(axis="x", alpha=0.3)
+    width = max(2.1 * len(columns) + 2.2, 6.0)
+    fig, axes = plt.subplots(1, len(columns), figsize=(width, 0.3 * len(names) + 1.6), sharey=True, squeeze=False)
+    for j, (ax, (g, metric)) in enumerate(zip(axes[0], columns)):
+        _panel(ax, [cells[j] for cells in rows], ys, f"{g.name} {METRIC_LABELS[metric]}")
     axes[0][0].set_yticks(ys)
-    axes[0][0].set_yticklabels(names, fontsize=8)
-    axes[0][0].invert_yaxis()
-    axes[0][0].legend(fontsize=7, loc="lower right")  # the first panel has the paper marks when any has
-    fig.suptitle(table.title, fontsize=9)
-    fig.tight_layout()
+    axes[0][0].set_yticklabels(names, fontsize=7)
+    axes[0][0].set_ylim(len(names) - 0.5, -0.5)
+    _legend_below(fig, [Line2D([], [], color=OURS, marker="o", ms=4,
+                               label="ours: last epoch, mean ± std over seeds (accuracy %, of the column's classes)"),
+                        Line2D([], [], color=PAPER, marker="|", ls="none", markersize=10, mew=2, label="paper")])
+    smoke = is_synthetic(rows)
+    _title(fig, table.title, smoke)
+    fig.tight_layout(rect=(0, 0.09, 1, 0.92 if smoke else 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def timing_png(table: Table, found: Dict[str, dict], path: str) -> None:
-    datasets = [d for d in table.raw["datasets"] if found.get(d) and found[d].get("rows")]
-    opts = table.raw["optimizers"]
-    fig, axes = plt.subplots(1, max(len(datasets), 1), figsize=(3.2 * max(len(datasets), 1) + 1, 3), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
-        rows = found[d]["rows"]
-        ax.bar(range(len(opts)), [rows.get(o, {}).get("seconds_per_epoch", 0.0) for o in opts], color="tab:blue")
+    """Table 1 as cost ratios to SAM (comparable across machines): ours as bars, the paper's marks."""
+    datasets, opts = table.raw["datasets"], table.raw["optimizers"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.0 * len(datasets) + 0.8, 3.4), squeeze=False)
+    for j, (ax, d) in enumerate(zip(axes[0], datasets)):
+        ours = [ours_ratio(found.get(d), o) for o in opts]
+        ax.bar(range(len(opts)), [r or 0.0 for r in ours], color=OURS)
+        marks = [(i, table.raw["paper_ratio"][o][j]) for i, o in enumerate(opts) if o in table.raw["paper_ratio"]]
+        ax.scatter([i for i, _ in marks], [r for _, r in marks], marker="_", s=300, linewidths=2, color=PAPER, zorder=3)
+        ax.set_yscale("log")   # CC-SAM's 15x next to Focal-SAM's 1.3x
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (0.5, 2, 5) else ""))
+        if not any(ours):
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", fontsize=8)
         ax.set_xticks(range(len(opts)))
         ax.set_xticklabels(opts, rotation=45, fontsize=7)
-        ax.set_title(f"{d} ({found[d]['device']})", fontsize=8)
-        ax.set_ylabel("s / epoch")
-    if not datasets:
-        axes[0][0].text(0.5, 0.5, "no benchmark yet", ha="center", va="center")
-    fig.suptitle(table.title, fontsize=9)
-    fig.tight_layout()
+        device = (found.get(d) or {}).get("device", "not measured")
+        ax.set_title(f"{d} (ours: {device})", fontsize=8)
+        ax.set_ylabel("time per epoch / SAM's", fontsize=7)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    _legend_below(fig, [Patch(color=OURS, label="ours (scripts/bench_step.py)"),
+                        Line2D([], [], color=PAPER, marker="_", ls="none", markersize=12, mew=2,
+                               label="paper Table 1 (GPU); CC-SAM differs by construction")])
+    _title(fig, table.title, any(b and b.get("smoke") for b in found.values()))
+    fig.tight_layout(rect=(0, 0.08, 1, 0.9))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -70,22 +104,30 @@ def timing_png(table: Table, found: Dict[str, dict], path: str) -> None:
 def per_class_png(table: Table, group: Group, finals: Finals, seeds: Sequence[int], path: str) -> int:
     """Per-class accuracy of each row (mean over finished seeds), classes ordered head to tail by
     their training count. -> the number of rows drawn."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    drawn = 0
+    fig, ax = plt.subplots(figsize=(9.5, 3.8))
+    drawn, smoke = 0, False
     for row in table.rows:
+        if row.reference:
+            continue
         finals_of_row = [f for f, _ in (finals.get(run_folder(group, row, s)) for s in seeds) if f]
         if not finals_of_row:
             continue
+        smoke |= any((f.get("run") or {}).get("dataset") == "synthetic" for f in finals_of_row)
         counts = finals_of_row[0]["class_counts"]
         order = sorted(range(len(counts)), key=lambda k: (-counts[k], k))  # stable: ties by class id
         acc = [sum(f["per_class_acc"][k] for f in finals_of_row) / len(finals_of_row) for k in order]
-        ax.plot(range(len(order)), acc, lw=1.0 if len(order) <= 100 else 0.5, label=f"{row.name} ({len(finals_of_row)})")
+        n = len(finals_of_row)
+        label = row.name + (f" ({row.epochs} ep)" if row.epochs else "") + f", {n} seed{'s' if n > 1 else ''}"
+        ax.plot(range(len(order)), acc, lw=1.0 if len(order) <= 100 else 0.5, label=label,
+                color=TEN[drawn % 10], ls="-" if drawn < 10 else "--")   # Table 5: 20 rows, 10 colours x 2
         drawn += 1
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("class, head (most training images) to tail")
     ax.set_ylabel("test accuracy %")
-    ax.set_title(f"{table.title.split(':')[0]}, {group.name}: per-class accuracy (mean over seeds)", fontsize=9)
+    ax.set_title(f"{table.title.split(':')[0]}, {group.name}: per-class accuracy (mean over seeds)"
+                 + (f"\n{SMOKE_TITLE}" if smoke else ""), fontsize=9, color="red" if smoke else "black")
     if drawn:
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.text(0.5, 0.5, "no finished run", transform=ax.transAxes, ha="center")
     ax.grid(alpha=0.3)

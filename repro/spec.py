@@ -4,8 +4,10 @@ Pure functions only (no processes, no torch): scripts/run_table.py turns the run
 processes, scripts/make_tables.py turns their final.json files back into the tables.
 """
 import dataclasses
+import functools
 import math
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 import yaml
@@ -15,13 +17,15 @@ from core.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC_PATH = os.path.join(ROOT, "repro", "tables.yaml")
 METRIC_LABELS = {"head": "Head", "medium": "Med", "tail": "Tail", "top1": "All"}
+DASH = "-"                            # the paper prints "-": it has no number for that cell
 
 # The documented smoke override (SMOKE=1): every run on the built-in synthetic data, 2 epochs of
 # 2 steps, so that a whole table fills in minutes on a CPU. The options that only the real
 # datasets read are removed (~key), and epoch-indexed settings (DRW start, rho milestones) are
-# scaled into the 2 epochs by `epoch_overrides`. Never mixed with real runs: its own OUT_ROOT,
+# scaled into the short run by `epoch_overrides`. Never mixed with real runs: its own OUT_ROOT,
 # and make_tables.py marks tables built from synthetic runs.
 SMOKE_EPOCHS = 2
+PAPER_EPOCHS = 200                    # the paper's ResNet schedule; a 300-epoch row smokes 3 epochs
 SMOKE_SETS = (
     "data.name=synthetic", "~data.train_list", "~data.test_list", "~data.class_names",
     "~data.decode", "~data.check_files", "~data.download", "data.num_classes=10",
@@ -29,6 +33,9 @@ SMOKE_SETS = (
     "data.head_threshold=50", "data.tail_threshold=20",
     "train.max_steps_per_epoch=2", "train.batch_size=32", "train.eval_batch_size=100",
 )
+# Per optimizer, after the table's own optim_set: on the synthetic counts (100 images down to
+# 100 / IF) ImbSAM's tail is the smoke's non-Head classes, as on the real data.
+SMOKE_OPTIM_SETS = {"imbsam": ("optim.eta=50",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,16 +45,25 @@ class Group:
     metrics: Tuple[str, ...]
     tag: str = ""
     sets: Tuple[Tuple[str, object], ...] = ()
+    optim_sets: Tuple[Tuple[str, Tuple[Tuple[str, object], ...]], ...] = ()   # optimizer -> its settings
     procs: int = 1
+
+    def sets_for(self, optimizer: str) -> List[str]:
+        """--set values of a run of `optimizer` in this group."""
+        extra = dict(self.optim_sets).get(optimizer, ())
+        return [f"{k}={_yaml_scalar(v)}" for k, v in (*self.sets, *extra)]
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str
-    config: str
-    paper: Dict[str, Tuple[Optional[float], ...]]
-    tag: str = ""
-    epochs_scale: float = 1.0
+    config: Optional[str]             # None: reference-only (a baseline the paper quotes; no run)
+    paper: Dict[str, Tuple[Optional[float], ...]]   # None: the paper prints "-"
+    epochs: Optional[int] = None      # the paper's Epoch column (Tables 8-10), = the config's epochs
+
+    @property
+    def reference(self) -> bool:
+        return self.config is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +78,10 @@ class Table:
 
     def columns(self) -> List[Tuple[Group, str]]:
         return [(g, m) for g in self.groups for m in g.metrics]
+
+    @property
+    def has_epochs(self) -> bool:
+        return any(r.epochs is not None for r in self.rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,41 +99,73 @@ class Run:
         return "bench.json" if self.kind == "bench" else "final.json"
 
 
-def _spec_error(where: str, msg: str) -> UserError:
-    return UserError(f"{os.path.relpath(SPEC_PATH, ROOT)}: {where}: {msg}")
+@dataclasses.dataclass(frozen=True)
+class ConfigInfo:
+    """What planning needs from a row's config file."""
+    optimizer: str
+    epochs: int
+    drw_epoch: Optional[int]
+    rho_milestones: Tuple[Tuple[int, float], ...]
+
+
+def _spec_error(path: str, where: str, msg: str) -> UserError:
+    return UserError(f"{os.path.relpath(path, ROOT)}: {where}: {msg}")
+
+
+def _paper_value(v, err):
+    if v == DASH:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise err(f"paper value {v!r} is neither a number nor '{DASH}' (every cell holds what the paper prints)")
+    return float(v)
+
+
+def _group(g: dict, t: dict, err) -> Group:
+    metrics = tuple(g["metrics"])
+    bad = [m for m in metrics if m not in METRIC_LABELS]
+    if bad:
+        raise err(f"group {g['name']}", f"unknown metric {bad[0]!r} (allowed: {', '.join(METRIC_LABELS)})")
+    optim_sets = tuple(sorted((o, tuple(sorted(s.items()))) for o, s in (g.get("optim_set") or {}).items()))
+    return Group(name=g["name"], config_dir=g.get("config_dir", t.get("config_dir")), metrics=metrics,
+                 tag=g.get("tag", ""), sets=tuple(sorted((g.get("set") or {}).items())),
+                 optim_sets=optim_sets, procs=int(g.get("procs", 1)))
+
+
+def _row(r: dict, groups: Tuple[Group, ...], err) -> Row:
+    where = f"row {r['name']!r}"
+    paper = {}
+    for g in groups:
+        values = (r.get("paper") or {}).get(g.name)
+        if not isinstance(values, list) or len(values) != len(g.metrics):
+            raise err(where, f"paper values for group {g.name!r} must be a list of {len(g.metrics)} "
+                             f"(numbers as printed, '{DASH}' where the paper prints '{DASH}')")
+        paper[g.name] = tuple(_paper_value(v, lambda m: err(where, m)) for v in values)
+    return Row(name=r["name"], config=r.get("config"), paper=paper, epochs=r.get("epochs"))
+
+
+def _timing(tid: str, t: dict, err) -> Table:
+    n = len(t["datasets"])
+    for key in ("paper", "paper_ratio"):
+        for opt, values in t[key].items():
+            if opt not in t["optimizers"] or len(values) != n:
+                raise err(f"table {tid} {key}.{opt}", f"must be an optimizer of the table with {n} values")
+    return Table(tid, t["title"], t["script"], "timing", raw=t)
 
 
 def load_tables(path: str = SPEC_PATH) -> Dict[str, Table]:
+    """Every table of the spec file, keyed by its id ("1", "2", ...)."""
     with open(path) as f:
         doc = yaml.safe_load(f)
+    err = functools.partial(_spec_error, path)
     tables = {}
     for tid, t in doc["tables"].items():
         tid = str(tid)
         if t.get("kind") == "timing":
-            tables[tid] = Table(tid, t["title"], t["script"], "timing", raw=t)
+            tables[tid] = _timing(tid, t, err)
             continue
-        groups = []
-        for g in t["groups"]:
-            metrics = tuple(g["metrics"])
-            bad = [m for m in metrics if m not in METRIC_LABELS]
-            if bad:
-                raise _spec_error(f"table {tid} group {g['name']}", f"unknown metric {bad[0]!r} "
-                                  f"(allowed: {', '.join(METRIC_LABELS)})")
-            groups.append(Group(name=g["name"], config_dir=g.get("config_dir", t.get("config_dir")),
-                                metrics=metrics, tag=g.get("tag", ""),
-                                sets=tuple(sorted((g.get("set") or {}).items())), procs=int(g.get("procs", 1))))
-        rows = []
-        for r in t["rows"]:
-            paper = {}
-            for g in groups:
-                values = (r.get("paper") or {}).get(g.name)
-                if values is None or len(values) != len(g.metrics):
-                    raise _spec_error(f"table {tid} row {r['name']!r}", f"paper values for group {g.name!r} "
-                                      f"must be a list of {len(g.metrics)} (null where not transcribed)")
-                paper[g.name] = tuple(None if v is None else float(v) for v in values)
-            rows.append(Row(name=r["name"], config=r["config"], paper=paper, tag=r.get("tag", ""),
-                            epochs_scale=float(r.get("epochs_scale", 1.0))))
-        tables[tid] = Table(tid, t["title"], t["script"], "accuracy", tuple(groups), tuple(rows), raw=t)
+        groups = tuple(_group(g, t, lambda w, m: err(f"table {tid} {w}", m)) for g in t["groups"])
+        rows = tuple(_row(r, groups, lambda w, m: err(f"table {tid} {w}", m)) for r in t["rows"])
+        tables[tid] = Table(tid, t["title"], t["script"], "accuracy", groups, rows, raw=t)
     return tables
 
 
@@ -138,21 +190,24 @@ def config_path(group: Group, row: Row) -> str:
 
 
 def run_folder(group: Group, row: Row, seed: int) -> str:
-    name = row.config + (f"-{row.tag}" if row.tag else "")
-    parts = [os.path.basename(group.config_dir), name] + ([group.tag] if group.tag else []) + [f"seed{seed}"]
+    parts = [os.path.basename(group.config_dir), row.config] + ([group.tag] if group.tag else []) + [f"seed{seed}"]
     return os.path.join(*parts)
+
+
+def _half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
 
 
 def epoch_overrides(epochs: int, drw_epoch: Optional[int], milestones, new_epochs: int) -> List[str]:
     """--set values that move a schedule of `epochs` epochs onto `new_epochs`, keeping its shape.
 
-    DRW start and rho milestones scale with the length (SAM at 1.5x the epochs switches at 1.5x
-    the epoch), rounded and kept inside 1..new_epochs-1 so a short run still passes each phase.
+    DRW start and rho milestones (0-based epochs) scale with the length, rounded half up and kept
+    inside 1..new_epochs-1 so that a short run still passes each phase.
     """
     sets = [f"train.epochs={new_epochs}"]
 
     def move(e):
-        return min(max(int(round(e * new_epochs / epochs)), 1), new_epochs - 1)
+        return min(max(_half_up(e * new_epochs / epochs), 1), new_epochs - 1)
 
     if drw_epoch is not None:
         sets.append(f"loss.drw_epoch={move(drw_epoch)}")
@@ -169,28 +224,34 @@ def epoch_overrides(epochs: int, drw_epoch: Optional[int], milestones, new_epoch
     return sets
 
 
-def plan_runs(table: Table, seeds, smoke: bool = False, procs: Optional[int] = None,
-              read_schedule=None) -> List[Tuple[Row, Group, Run]]:
-    """Every (row, group, seed) cell of `table` as a Run, in table order.
+def smoke_epochs(epochs: int) -> int:
+    """Smoke length of a config of `epochs` epochs: SMOKE_EPOCHS for the paper's 200, in
+    proportion above (the 300-epoch rows stay longer than the 200-epoch ones)."""
+    return max(SMOKE_EPOCHS, int(math.ceil(SMOKE_EPOCHS * epochs / PAPER_EPOCHS)))
 
-    `read_schedule(config_path) -> (epochs, drw_epoch, rho_milestones)` reads a config's schedule
-    (engine.config by default); it is needed only for rows with epochs_scale and for smoke runs.
+
+def plan_runs(table: Table, seeds, smoke: bool = False, procs: Optional[int] = None,
+              read_config=None, rows: Optional[str] = None) -> List[Tuple[Row, Group, Run]]:
+    """Every (row, group, seed) cell of `table` that has a run, in table order.
+
+    `read_config(config_path) -> ConfigInfo` reads a config (engine.config by default). `rows`,
+    a regular expression, keeps the rows whose name it matches (re.search).
     """
-    if read_schedule is None:
-        read_schedule = _read_schedule
+    read_config = read_config or read_config_info
     cells = []
     for row in table.rows:
+        if row.reference or (rows and not re.search(rows, row.name)):
+            continue
         for group in table.groups:
             cfg = config_path(group, row)
-            sets = [f"{k}={_yaml_scalar(v)}" for k, v in group.sets]
-            if row.epochs_scale != 1.0 or smoke:
-                epochs, drw, milestones = read_schedule(cfg)
-                target = int(math.ceil(epochs * row.epochs_scale))
-                if smoke:  # keep the 1.5x rows longer than the others, in proportion
-                    target = int(math.ceil(SMOKE_EPOCHS * row.epochs_scale))
-                sets += epoch_overrides(epochs, drw, milestones, target)
+            info = read_config(cfg)
+            if row.epochs is not None and row.epochs != info.epochs:
+                raise UserError(f"table {table.id} row {row.name!r}: the paper's {row.epochs} epochs, "
+                                f"but {cfg} trains {info.epochs}")
+            sets = group.sets_for(info.optimizer)
             if smoke:
-                sets += SMOKE_SETS
+                sets += epoch_overrides(info.epochs, info.drw_epoch, info.rho_milestones, smoke_epochs(info.epochs))
+                sets += [*SMOKE_SETS, *SMOKE_OPTIM_SETS.get(info.optimizer, ())]
             for seed in seeds:
                 run = Run(key=run_folder(group, row, seed), config=cfg, sets=tuple(sets), seed=int(seed),
                           procs=int(procs or group.procs))
@@ -219,7 +280,10 @@ def _yaml_scalar(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def _read_schedule(path: str):
+@functools.lru_cache(maxsize=None)
+def read_config_info(path: str) -> ConfigInfo:
     from engine.config import load_config
     cfg = load_config(os.path.join(ROOT, path))
-    return cfg.train.epochs, cfg.loss.drw_epoch, [list(m) for m in cfg.optim.rho_milestones]
+    milestones = cfg.optim.rho_milestones if hasattr(cfg.optim, "rho_milestones") else ()   # plain SGD has none
+    return ConfigInfo(cfg.optim.name, cfg.train.epochs, cfg.loss.drw_epoch,
+                      tuple((int(e), float(r)) for e, r in milestones))

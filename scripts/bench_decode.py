@@ -14,7 +14,6 @@ A benchmark, not a test.
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -22,12 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.args import ArgumentParser, at_least                                         # noqa: E402
-from data.listfile import IMAGENET_MEAN, IMAGENET_STD, ListDataset, collate_encoded   # noqa: E402
-from engine.cli import user_errors                                                    # noqa: E402
-from engine.distributed import pick_device                                            # noqa: E402
+from core.args import ArgumentParser, at_least
+from data.listfile import IMAGENET_MEAN, IMAGENET_STD, ListDataset, collate_encoded
+from engine.cli import user_errors
+from engine.distributed import pick_device
 
 
 def make_tree(root: str, n: int, classes: int = 10) -> str:

@@ -4,6 +4,7 @@
     python scripts/bench_step.py                                  # CIFAR-10-LT rows, ResNet-32, this machine
     python scripts/bench_step.py --dataset cifar100_lt --steps 20
     python scripts/bench_step.py --dataset imagenet_lt --batch 128 --set train.amp=bf16   # on a GPU
+    python scripts/bench_step.py --optimizers sam,focal_sam --also optim.clean_backward=batched   # extra rows
 
 Each optimizer is built from the paper config `configs/<dataset>/la_<optimizer>.yaml` (so the
 hyper-parameters are the rows' own), on a copy of one initial model, and steps through the same
@@ -12,36 +13,48 @@ on batches without a tail sample, as in training); the optimizers take turns ste
 the mean seconds per step, the ratio to SAM (paper Table 1: Focal-SAM 1.36x SAM on CIFAR-10-LT)
 and the implied seconds per epoch (training steps only: no data loading, no evaluation).
 A benchmark, not a test: the figures depend on the machine and what else runs on it.
+
+Two more modes run the real training path (the run's loaders, `train_one_epoch`, `evaluate`):
+
+    python scripts/bench_step.py --mode epoch --set data.root=DIR        # one real epoch per optimizer
+    python scripts/bench_step.py --mode throughput --runs 1,2,4,8,16     # N concurrent runs on one device
+
+`epoch`: train + test seconds of the last of `--epochs` epochs per optimizer (one optimizer after
+the other, not interleaved), the ratio to SAM, and the paper's Table 1 (RTX 3090) beside them;
+with train.max_steps_per_epoch set, the training part is extrapolated to the full epoch (said so
+in the table). `throughput`: N independent processes, each a run of the first optimizer on the
+real data path, warm up, start together and time `--steps` steps; prints steps/s of the device,
+runs per hour and the hours for the CIFAR tables' runs, a PROJECTION from those steps (training
+steps only, no evaluation).
 """
 import argparse
-import copy
+import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from core.args import ArgumentParser, at_least             # noqa: E402
-from engine.cli import check_report_path, user_errors       # noqa: E402
-from engine.config import load_config                      # noqa: E402
-from engine.distributed import pick_device                  # noqa: E402
-from engine.report import write_json                        # noqa: E402
-from losses import build_loss                               # noqa: E402
-from models import build_model                              # noqa: E402
-from optim import build_optimizer                           # noqa: E402
+from core.args import ArgumentParser, at_least
+from core.errors import ConfigError
+from engine.build import build_run
+from engine.cli import check_report_path, user_errors
+from engine.config import load_config
+from engine.distributed import DistInfo, pick_device
+from engine.report import write_json
+from engine.loaders import eval_loader, train_loader
+from engine.trainer import _wrap_distributed, evaluate, train_one_epoch
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
 DATASETS = ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def class_counts_of(cfg):
-    """The training counts of the config's dataset without reading images."""
-    from data import class_counts_only
-    return class_counts_only(cfg.data)
+# Paper Table 1, seconds per epoch on an RTX 3090 (CIFAR-10-LT, CIFAR-100-LT, ImageNet-LT, iNaturalist).
+PAPER_TABLE1 = {"sam": (5.66, 4.81, 170, 832), "imbsam": (7.80, 6.68, 293, 1089),
+                "cc_sam": (11.6, 19.7, 1627, 12870), "focal_sam": (7.67, 6.71, 291, 1069)}
+CIFAR_TABLE_RUNS = 480      # Tables 2, 5, 6: 160 CIFAR ResNet-32 rows x 3 seeds, 200 epochs each
 
 
 def make_batches(counts, n, batch, size, device, seed=0):
@@ -60,16 +73,21 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_optimizers(cfgs, model0, counts, batches, warmup, device):
+def build(cfg, model0, device):
+    """(model, criterion, optimizer) of the row's run, on a copy of the shared initial weights."""
+    run = build_run(cfg, device, load_data=False)
+    run.model.load_state_dict(model0.state_dict())
+    net = _wrap_distributed(run.model.train(), cfg, DistInfo(device=device))   # train.compile, as in training
+    return net, run.criterion, run.optimizer
+
+
+def time_optimizers(cfgs, model0, batches, warmup, device):
     """Median / best seconds per step of each optimizer, the optimizers interleaved step by step
     (A B C A B C ...): a drift of the machine's speed (clock, caches, other load) then falls on
     every optimizer alike instead of on whichever ran during it."""
     runs = {}
     for name, cfg in cfgs.items():
-        model = copy.deepcopy(model0).train()
-        criterion = build_loss(cfg.loss, counts).to(device)
-        opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
-        runs[name] = (model, criterion, opt, [])
+        runs[name] = (*build(cfg, model0, device), [])
     for i in range(warmup + len(batches)):
         x, y = batches[i % len(batches)]
         for name, (model, criterion, opt, times) in runs.items():
@@ -84,14 +102,12 @@ def time_optimizers(cfgs, model0, counts, batches, warmup, device):
     return {n: (statistics.fmean(t), statistics.median(t), min(t)) for n, (_, _, _, t) in runs.items()}
 
 
-def peak_memory(cfg, model0, counts, batch, device):
+def peak_memory(cfg, model0, batch, device):
     """Peak GPU memory (GiB) of two steps of this optimizer with only its own model resident;
     None on the CPU. Run after the timing, one optimizer at a time."""
     if device.type != "cuda":
         return None
-    model = copy.deepcopy(model0).train()
-    criterion = build_loss(cfg.loss, counts).to(device)
-    opt = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
+    model, criterion, opt = build(cfg, model0, device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
@@ -103,6 +119,181 @@ def peak_memory(cfg, model0, counts, batch, device):
     return peak
 
 
+def row_configs(dataset: str, optimizers, overrides, also) -> dict:
+    """{row label: config}: each optimizer's paper config, plus one row per `--also` override
+    that the optimizer reads (label "focal_sam +optim.clean_backward=batched")."""
+    cfgs = {}
+    for n in optimizers:
+        path = os.path.join(ROOT, "configs", dataset, f"la_{n}.yaml")
+        cfgs[n] = load_config(path, overrides)
+        for extra in also:
+            try:
+                cfgs[f"{n} +{extra}"] = load_config(path, overrides + [extra])
+            except ConfigError:      # an option this optimizer does not have: no row
+                pass
+    return cfgs
+
+
+# ------------------------------------------------------------------------------ --mode epoch
+def real_run(cfg, device):
+    """(run, training module, train loader, test loader) on the run's real data path."""
+    info = DistInfo(device=device)
+    run = build_run(cfg, device)
+    net = _wrap_distributed(run.model, cfg, info)      # train.compile applies here, as in training
+    train_dl = train_loader(run.splits.train, cfg.train.batch_size, info, cfg.seed, cfg.data, cfg.train.drop_last)
+    return run, net, train_dl, eval_loader(run.splits.test, cfg.train.eval_batch_size, info, cfg.data), info
+
+
+def time_epochs(cfg, device, epochs: int) -> dict:
+    """Train and test seconds of the last of `epochs` epochs (the earlier ones warm up)."""
+    run, net, train_dl, test_dl, info = real_run(cfg, device)
+    for epoch in range(epochs):
+        run.epoch_values.apply(epoch, run.optimizer, run.criterion)
+        train_dl.sampler.set_epoch(epoch)
+        run.splits.train.set_epoch(epoch)
+        sync(device)
+        t0 = time.perf_counter()
+        train_one_epoch(net, run.optimizer, run.criterion, train_dl, epoch, cfg.train, info, "benchmark")
+        sync(device)
+        t1 = time.perf_counter()
+        evaluate(run.model, test_dl, info, run.class_counts, cfg.data, cfg.train.amp)
+        sync(device)
+        t2 = time.perf_counter()
+    steps = min(len(train_dl), cfg.train.max_steps_per_epoch or len(train_dl))
+    return {"train_s": (t1 - t0) * len(train_dl) / steps, "test_s": t2 - t1, "timed_steps": steps,
+            "steps_per_epoch": len(train_dl)}
+
+
+def epoch_mode(args, cfgs, device) -> dict:
+    rows = {n: time_epochs(cfg, device, args.epochs) for n, cfg in cfgs.items()}
+    col = DATASETS.index(args.dataset)
+    ref = rows.get("sam", {})
+    ref_total = ref.get("train_s", 0) + ref.get("test_s", 0)
+    first = next(iter(rows.values()))
+    cut = first["timed_steps"] < first["steps_per_epoch"]
+    print(f"{describe_device(device)}, {args.dataset}, real data path, epoch {args.epochs} of {args.epochs} timed"
+          + (f"; training EXTRAPOLATED from {first['timed_steps']} of {first['steps_per_epoch']} steps" if cut else ""))
+    print("| optimizer | train s | test s | s/epoch | x SAM | paper s/epoch (RTX 3090) | paper x SAM |")
+    print("|---|---|---|---|---|---|---|")
+    for n, r in rows.items():
+        total = r["train_s"] + r["test_s"]
+        base = n.split(" ")[0]
+        paper = PAPER_TABLE1.get(base, (None,) * 4)[col]
+        ratio = f"{total / ref_total:.2f}" if ref_total else "n/a"
+        pratio = f"{paper / PAPER_TABLE1['sam'][col]:.2f}" if paper else "-"
+        print(f"| {n} | {r['train_s']:.2f} | {r['test_s']:.2f} | {total:.2f} | {ratio} | {paper or '-'} | {pratio} |")
+    return rows
+
+
+# ------------------------------------------------------------------------------ --mode throughput
+def worker_mode(args, cfgs, device) -> None:
+    """One run of the first config: warm up, say "ready", wait for "go", time --steps steps."""
+    cfg = next(iter(cfgs.values()))
+    run, net, train_dl, _, info = real_run(cfg, device)
+    run.epoch_values.apply(0, run.optimizer, run.criterion)
+    batches = iter(cycle(train_dl))
+    for _ in range(args.warmup):
+        run.optimizer.step(net, *next_on(batches, device), run.criterion)
+    sync(device)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        run.optimizer.step(net, *next_on(batches, device), run.criterion)
+    sync(device)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "steps": args.steps,
+                      "steps_per_epoch": len(train_dl), "epochs": cfg.train.epochs}), flush=True)
+
+
+def cycle(loader):
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def next_on(batches, device):
+    x, y = next(batches)
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def concurrent(args, n: int) -> list:
+    """Start n workers, release them together once all are warm, return their reports."""
+    threads = max(1, (os.cpu_count() or 1) // n)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, os.path.abspath(__file__), "--mode", "worker", "--dataset", args.dataset,
+           "--optimizers", args.optimizers[0], "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--device", args.device] + [a for kv in args.set for a in ("--set", kv)]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+             for _ in range(n)]
+    for p in procs:
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise SystemExit(f"a benchmark worker failed before warming up (exit {p.wait()})")
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    reports = [json.loads(p.stdout.readline()) for p in procs]
+    for p in procs:
+        p.wait()
+    return reports
+
+
+def throughput_mode(args, cfgs, device) -> dict:
+    rows = {}
+    for n in [int(v) for v in args.runs.split(",")]:
+        reports = concurrent(args, n)
+        wall = max(r["seconds"] for r in reports)
+        steps_s = sum(r["steps"] for r in reports) / wall
+        run_steps = reports[0]["steps_per_epoch"] * reports[0]["epochs"]
+        per_hour = steps_s * 3600 / run_steps
+        rows[n] = {"steps_per_s": steps_s, "runs_per_hour": per_hour, "table_hours": CIFAR_TABLE_RUNS / per_hour}
+    print(f"{describe_device(device)}, {args.dataset}, {args.optimizers[0]}, {args.steps} timed steps per "
+          f"run after {args.warmup} warm-up steps; runs/hour and table hours are a PROJECTION (training steps only)")
+    print(f"| concurrent runs | steps/s (all) | runs/hour (projected) | {CIFAR_TABLE_RUNS} runs, hours (projected) |")
+    print("|---|---|---|---|")
+    for n, r in rows.items():
+        print(f"| {n} | {r['steps_per_s']:.2f} | {r['runs_per_hour']:.3f} | {r['table_hours']:.0f} |")
+    return rows
+
+
+def describe_device(device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    return f"device {device} ({name}), torch {torch.__version__}"
+
+
+# ------------------------------------------------------------------------------ --mode step
+def step_mode(args, cfgs, device) -> dict:
+    names = list(cfgs)
+    first = cfgs[names[0]]
+    run0 = build_run(first, device, load_data=False)
+    counts, model0 = run0.class_counts, run0.model
+    batch = args.batch or first.train.batch_size
+    # CIFAR images are 32 px; the list datasets (and the synthetic stand-in of smoke runs) crop
+    # to the config's data.image_size.
+    size = 32 if first.data.name.startswith("cifar") else first.data.image_size
+    batches = make_batches(counts, args.steps, batch, size, device)
+    steps_per_epoch = -(-sum(counts) // batch)
+    timed = time_optimizers(cfgs, model0, batches, args.warmup, device)
+    rows = {}
+    for n in names:
+        mean, med, best = timed[n]
+        rows[n] = {"seconds_per_step": mean, "median_seconds_per_step": med, "best_seconds_per_step": best,
+                   "peak_gib": peak_memory(cfgs[n], model0, batches[0], device),
+                   "seconds_per_epoch": mean * steps_per_epoch}
+    ref = rows.get("sam", {}).get("seconds_per_step")
+    print(f"{describe_device(device)}, {args.dataset}, {first.model.name}, batch {batch}, amp {first.train.amp}, "
+          f"{args.steps} timed steps each (mean), optimizers interleaved step by step")
+    print(f"| optimizer | s/step | x SAM | s/epoch ({steps_per_epoch} steps) |" + (" peak GiB |" if device.type == "cuda" else ""))
+    print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
+    for n, r in rows.items():
+        ratio = f"{r['seconds_per_step'] / ref:.2f}" if ref else "n/a"
+        mem = f" {r['peak_gib']:.2f} |" if r["peak_gib"] is not None else ""
+        print(f"| {n} | {r['seconds_per_step']:.4f} | {ratio} | {r['seconds_per_epoch']:.1f} |{mem}")
+    return rows
+
+
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="cifar10_lt", choices=DATASETS)
@@ -112,10 +303,16 @@ def main(argv=None):
     ap.add_argument("--warmup", type=at_least(0), default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
+    ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra row per optimizer that reads KEY, with this override (timed in the same rotation)")
+    ap.add_argument("--mode", default="step", choices=["step", "epoch", "throughput", "worker"],
+                    help="step: synthetic batches, interleaved; epoch: real epochs; throughput: N concurrent runs")
+    ap.add_argument("--epochs", type=at_least(1), default=1, help="--mode epoch: epochs per optimizer, the last one timed")
+    ap.add_argument("--runs", default="1,2,4,8,16", help="--mode throughput: numbers of concurrent runs")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     with user_errors():
-        run(args)
+        run_benchmark(args)
 
 
 def optimizer_names(text: str) -> list:
@@ -127,41 +324,17 @@ def optimizer_names(text: str) -> list:
     return names
 
 
-def run(args) -> None:
+def run_benchmark(args) -> None:
     if args.json:
         check_report_path(args.json, "", "--json")   # before the minutes of timing
     device = pick_device(args.device)
-    names = args.optimizers
-    cfgs = {n: load_config(os.path.join(ROOT, "configs", args.dataset, f"la_{n}.yaml"), args.set) for n in names}
-    first = cfgs[names[0]]
-    counts = class_counts_of(first)
-    batch = args.batch or first.train.batch_size
-    torch.manual_seed(0)
-    model0 = build_model(first.model, len(counts)).to(device)
-    # CIFAR images are 32 px; the list datasets (and the synthetic stand-in of smoke runs) crop
-    # to the config's data.image_size.
-    size = 32 if first.data.name.startswith("cifar") else first.data.image_size
-    batches = make_batches(counts, args.steps, batch, size, device)
-    steps_per_epoch = -(-sum(counts) // batch)
-    timed = time_optimizers(cfgs, model0, counts, batches, args.warmup, device)
-    rows = {}
-    for n in names:
-        mean, med, best = timed[n]
-        rows[n] = {"seconds_per_step": mean, "median_seconds_per_step": med, "best_seconds_per_step": best,
-                   "peak_gib": peak_memory(cfgs[n], model0, counts, batches[0], device),
-                   "seconds_per_epoch": mean * steps_per_epoch}
-    ref = rows.get("sam", {}).get("seconds_per_step")
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"torch {torch.__version__}, {args.dataset}, {first.model.name}, batch {batch}, amp {first.train.amp}, "
-          f"{args.steps} timed steps each (mean), optimizers interleaved step by step")
-    print(f"| optimizer | s/step | x SAM | s/epoch ({steps_per_epoch} steps) |" + (" peak GiB |" if device.type == "cuda" else ""))
-    print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
-    for n, r in rows.items():
-        ratio = f"{r['seconds_per_step'] / ref:.2f}" if ref else "n/a"
-        mem = f" {r['peak_gib']:.2f} |" if r["peak_gib"] is not None else ""
-        print(f"| {n} | {r['seconds_per_step']:.4f} | {ratio} | {r['seconds_per_epoch']:.1f} |{mem}")
-    if args.json:
-        write_json(args.json, {"device": str(device), "dataset": args.dataset, "batch": batch, "rows": rows})
+    cfgs = row_configs(args.dataset, args.optimizers, args.set, args.also)
+    modes = {"step": step_mode, "epoch": epoch_mode, "throughput": throughput_mode, "worker": worker_mode}
+    rows = modes[args.mode](args, cfgs, device)
+    if args.json and rows is not None:
+        batch = args.batch or next(iter(cfgs.values())).train.batch_size
+        write_json(args.json, {"device": str(device), "dataset": args.dataset, "mode": args.mode, "batch": batch,
+                               "rows": rows})
 
 
 if __name__ == "__main__":

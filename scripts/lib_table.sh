@@ -1,17 +1,28 @@
-# Sourced by scripts/table*.sh after they set TABLE and their variables: runs the table's runs
-# (scripts/run_table.py), then prints it beside the paper's numbers (scripts/make_tables.py).
+# Sourced by scripts/table*.sh after they set TABLE (one id, or several: "9 10") and their
+# variables: runs the tables' runs (scripts/run_table.py), then prints them beside the paper's
+# numbers (scripts/make_tables.py).
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+# The variables every table script takes, with their defaults: the one place they are set.
+DATA_ROOT=${DATA_ROOT:-data}          # holds cifar-10-batches-py/, cifar-100-python/, ImageNet_LT/, iNaturalist/
+OUT_ROOT=${OUT_ROOT:-runs/tables}     # one folder per run below it; the report in OUT_ROOT/report
+SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std over them
+GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
+RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
+PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
+ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
+SMOKE=${SMOKE:-0}                      # 1: synthetic data, 2 tiny epochs per run (a CPU check of the pipeline)
+DRY_RUN=${DRY_RUN:-0}                  # 1: print every run's exact command and state, run nothing
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
-SEEDS=${SEEDS:-0 1 2}
-SMOKE=${SMOKE:-0}
-DRY_RUN=${DRY_RUN:-0}
 if [ "$SMOKE" = 1 ] && [ "$OUT_ROOT" = runs/tables ]; then
   OUT_ROOT=runs/tables-smoke   # synthetic runs never land beside real ones
 fi
-args=(--table "$TABLE" --out-root "$OUT_ROOT" --seeds "$SEEDS" --gpus "$GPUS")
+tables=()
+for t in $TABLE; do tables+=(--table "$t"); done
+args=("${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS" --gpus "$GPUS")
 [ -n "${DATA_ROOT:-}" ] && args+=(--data-root "$DATA_ROOT")
 [ -n "${RUNS_PER_GPU:-}" ] && args+=(--runs-per-gpu "$RUNS_PER_GPU")
 [ -n "${PROCS_PER_RUN:-}" ] && args+=(--procs-per-run "$PROCS_PER_RUN")
+[ -n "${ROWS:-}" ] && args+=(--rows "$ROWS")
 [ "$SMOKE" = 1 ] && args+=(--smoke)
 if [ "$DRY_RUN" = 1 ]; then
   exec "$PYTHON" scripts/run_table.py "${args[@]}" --dry-run
@@ -19,5 +30,5 @@ fi
 "$PYTHON" scripts/run_table.py "${args[@]}"
 status=$?
 [ "$status" = 130 ] && exit 130  # Ctrl-C: stop here; the same command resumes
-"$PYTHON" scripts/make_tables.py --table "$TABLE" --out-root "$OUT_ROOT" --seeds "$SEEDS" || status=$?
+"$PYTHON" scripts/make_tables.py "${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS" || status=$?
 exit "$status"

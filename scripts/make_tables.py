@@ -6,19 +6,20 @@
     python scripts/make_tables.py --table 5 --per-class 5:IF100   # per-class plot of that group
 
 Writes, under --report (default OUT_ROOT/report): table<ID>.md, table<ID>.csv, table<ID>.png
-(ours vs paper per row) and table<ID>_per_class_<group>.png (per-class accuracy head to tail, one
-line per method). Cells are our last-epoch mean ± std over seeds beside the paper's number.
+(ours vs paper, one panel per column) and table<ID>_per_class_<group>.png (per-class accuracy head
+to tail, one line per method). Cells are our last-epoch mean ± std over seeds beside the paper's
+number and the difference; below each table, the orderings the paper claims (Focal-SAM above SAM,
+ImbSAM, CC-SAM) on our runs beside the paper's gaps, and the classes each ImbSAM row perturbs.
 """
 import argparse
 import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import user_errors                                  # noqa: E402
-from core.errors import UserError                                 # noqa: E402
-from repro import collect, plots, spec                              # noqa: E402
+from engine.cli import user_errors
+from core.errors import UserError
+from repro import collect, imbsam, plots, spec
 
 
 def per_class_choice(text: str, tables) -> tuple:
@@ -65,7 +66,8 @@ def main(argv=None):
                 plots.timing_png(table, found, base + ".png")
             else:
                 rows = collect.collect(table, finals, seeds)
-                text, csv_text = collect.markdown(table, rows), collect.csv_text(table, rows)
+                notes = imbsam.report_lines(table, seeds, args.out_root)
+                text, csv_text = collect.markdown(table, rows, notes), collect.csv_text(table, rows)
                 plots.table_png(table, rows, base + ".png")
             with open(base + ".md", "w") as f:
                 f.write(text)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Run the runs of one paper table (repro/tables.yaml); called by scripts/table*.sh.
+"""Run the runs of one or more paper tables (repro/tables.yaml); called by scripts/table*.sh.
 
     python scripts/run_table.py --table 5 --dry-run              # list the runs and their state
     python scripts/run_table.py --table 5 --seeds "0 1 2" --gpus "0 1" --runs-per-gpu 4
     python scripts/run_table.py --table 2 --smoke --seeds 0      # synthetic data, 2 tiny epochs
+    python scripts/run_table.py --table 9 --table 10 --rows '^LA[+]SAM$'   # tables together; rows by name
 
 Finished runs are skipped and half-finished ones resumed, so a table fills over several sittings;
 a failed run is reported at the end (exit 1) and does not stop the others. Then
@@ -13,13 +14,14 @@ import argparse
 import dataclasses
 import glob
 import os
+import re
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import user_errors                                  # noqa: E402
-from repro import runner, spec                                      # noqa: E402
+from core.errors import UserError
+from engine.cli import user_errors
+from repro import runner, spec
 
 
 def detect_gpus(text: str) -> list:
@@ -59,7 +61,8 @@ def check_arguments(args, runs) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", required=True, help="table id in repro/tables.yaml: 1, 2, 3, 5, 6, 8-10")
+    ap.add_argument("--table", action="append", required=True,
+                    help="table id in repro/tables.yaml: 1, 2, 3, 5, 6, 8, 9, 10 (repeatable: their runs, each once)")
     ap.add_argument("--out-root", default=None, help="runs/tables (runs/tables-smoke with --smoke)")
     ap.add_argument("--data-root", default="", help="folder holding the datasets; replaces the leading "
                                                     "'data' of each config's data.root")
@@ -71,20 +74,34 @@ def main(argv=None):
                                                                  "table's, e.g. 2 GPUs for ImageNet-LT)")
     ap.add_argument("--smoke", action="store_true", help="synthetic data, 2 epochs of 2 steps (repro/spec.py SMOKE_SETS)")
     ap.add_argument("--dry-run", action="store_true", help="list every run with its config, seed, folder and state")
+    ap.add_argument("--rows", default="", help="only the rows whose name matches this regular expression "
+                                              "(e.g. 'Focal-SAM|^LA$')")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override for every new run (not for resumed ones: they keep their config)")
     ap.add_argument("--spec", default=spec.SPEC_PATH, help=argparse.SUPPRESS)  # tests: a small tables file
     args = ap.parse_args(argv)
 
     with user_errors():
-        table = spec.get_table(spec.load_tables(args.spec), args.table)
+        try:
+            re.compile(args.rows)
+        except re.error as e:
+            raise UserError(f"--rows {args.rows!r} is not a regular expression ({e})") from None
+        tables = spec.load_tables(args.spec)
+        chosen = [spec.get_table(tables, t) for t in args.table]
+        timing = chosen[0].kind == "timing"
+        if len(chosen) > 1 and any(t.kind == "timing" for t in chosen):
+            raise UserError("Table 1 (timing) runs alone: give --table 1 without other tables")
         # absolute: the runs start in the repository root, wherever this was called from
         out_root = os.path.abspath(args.out_root or os.path.join(spec.ROOT, "runs", "tables-smoke" if args.smoke else "tables"))
-        if table.kind == "timing":
-            runs = spec.plan_timing(table, smoke=args.smoke)
+        if timing:
+            runs = spec.plan_timing(chosen[0], smoke=args.smoke)
             cells = None
         else:
-            cells = spec.plan_runs(table, spec.parse_seeds(args.seeds), smoke=args.smoke, procs=args.procs_per_run or None)
+            seeds = spec.parse_seeds(args.seeds)
+            cells = [c for t in chosen for c in spec.plan_runs(t, seeds, smoke=args.smoke,
+                                                                procs=args.procs_per_run or None, rows=args.rows)]
+            if not cells:
+                raise UserError(f"--rows {args.rows!r} matches no row with runs in table(s) {', '.join(args.table)}")
             runs = spec.unique_runs(cells)
         # DATA_ROOT and --set join each run's own overrides (DATA_ROOT maps per config: CIFAR's
         # root is the folder itself, ImageNet-LT's is DATA_ROOT/ImageNet_LT, ...).
@@ -106,23 +123,24 @@ def main(argv=None):
                 print(f"{state:6} seed {run.seed}  {run.config}  -> {folder}")
                 print(f"       {shlex.join(cmd)}")
             summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-            print(f"{table.title}\n{len(runs)} runs ({summary}) under {out_root}"
+            print("\n".join(t.title for t in chosen) + f"\n{len(runs)} runs ({summary}) under {out_root}"
                   + (f"; {len(cells)} table cells" if cells is not None else ""))
             return 0
 
         devices = detect_gpus(args.gpus)
         per = args.runs_per_gpu or (1 if devices == ["cpu"] else 4)
-        if table.kind == "timing":  # timings want the device to themselves
+        if timing:  # timings want the device to themselves
             devices, per = devices[:1], 1
         result = runner.execute(runs, out_root, runner.Slots(devices, per), bench_args=bench_args)
-        print(f"{table.title}: {len(result['done'])} finished now, {len(result['skipped'])} done before, "
+        print(f"Table {', '.join(t.id for t in chosen)}: {len(result['done'])} finished now, {len(result['skipped'])} done before, "
               f"{len(result['failed'])} failed")
         for key in result["failed"]:
             folder = os.path.join(out_root, key)
             with open(os.path.join(folder, runner.FAILED)) as f:
                 print(f"  failed: {folder}: {f.read().strip()}  (log: {os.path.join(folder, runner.LOG)})")
         if not result["failed"]:
-            print(f"next: python scripts/make_tables.py --table {table.id} --out-root {out_root} --seeds '{args.seeds}'")
+            tables_args = " ".join(f"--table {t.id}" for t in chosen)
+            print(f"next: python scripts/make_tables.py {tables_args} --out-root {out_root} --seeds '{args.seeds}'")
         return 1 if result["failed"] else 0
 
 

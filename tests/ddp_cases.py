@@ -5,7 +5,8 @@ from optim import CCSAM, SAM, SGD, FocalSAM, ImbSAM
 
 COUNTS = [400, 120, 30, 8]
 CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam", "global"), ("cc_sam", "global"),
-         ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local")]
+         ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local"),
+         ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local")]
 KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
@@ -14,6 +15,8 @@ def make_optimizer(name, model, mode, bn_mode="update"):
     if name == "sgd":
         return SGD(p, **KW)
     common = dict(KW, perturbation=mode, bn_mode=bn_mode)
+    if name.endswith("_batched"):    # the clean gradient and u from one batched backward
+        name, common = name[:-len("_batched")], dict(common, clean_backward="batched")
     if name == "sam":
         return SAM(p, rho=0.3, **common)
     if name == "imbsam":
@@ -21,6 +24,16 @@ def make_optimizer(name, model, mode, bn_mode="update"):
     if name == "focal_sam":
         return FocalSAM(p, rho=0.3, gamma=2.0, lam=0.8, class_counts=COUNTS, **common)
     return CCSAM(p, rho=0.5, ratio=0.3, radius="plain", class_counts=COUNTS, **common)
+
+
+def drw_weights_loss(process_group=None):
+    """LA with DRW class weights and the "weights" reduction: sum w l / sum w over the batch."""
+    from losses import LAOptions, build_loss
+    from losses.drw import class_balanced_weights
+    loss = build_loss(LAOptions(name="la", drw_reduction="weights"), COUNTS).double()
+    loss.set_class_weight(class_balanced_weights(COUNTS, 0.999))
+    loss.process_group = process_group
+    return loss
 
 
 def batches(steps=3, b=12):

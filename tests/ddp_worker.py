@@ -9,14 +9,14 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from engine import distributed as dist_utils          # noqa: E402
 from reference import ConvBN, ConvGN, MLP, per_sample_ce                          # noqa: E402
-from ddp_cases import CASES, NORM_CASES, batches, image_batches, make_optimizer  # noqa: E402
+from ddp_cases import CASES, NORM_CASES, batches, drw_weights_loss, image_batches, make_optimizer  # noqa: E402
 
 
 def main(out_path: str) -> None:
@@ -30,6 +30,14 @@ def main(out_path: str) -> None:
         for x, y in batches():
             opt.step(ddp, x[info.rank::info.world_size], y[info.rank::info.world_size], per_sample_ce)
         results[f"{name}/{mode}"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # DRW weights reduction: normalised over the global batch, as one process on all of it.
+    torch.manual_seed(0)
+    model = MLP(head="linear").double()
+    ddp, opt, loss = DistributedDataParallel(model), make_optimizer("focal_sam", model, "global"), \
+        drw_weights_loss(dist.group.WORLD)
+    for x, y in batches():
+        opt.step(ddp, x[info.rank::info.world_size], y[info.rank::info.world_size], loss)
+    results["drw_weights"] = {n: p.detach().clone() for n, p in model.named_parameters()}
     # Models with a normalisation layer: GroupNorm (per sample) and BatchNorm (per rank's share).
     for norm, name in NORM_CASES:
         torch.manual_seed(0)

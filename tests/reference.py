@@ -111,6 +111,7 @@ def ccsam_grads(model, params, x, y, counts, rho, ratio, rule, total, scope="cla
     perturbed_logits = torch.zeros_like(logits)
     n_min = min(counts)
     num = sum(params[n].numel() for n in scope_names)
+    theta_norm = math.sqrt(sum(float((params[n] ** 2).sum()) for n in scope_names)) + 1e-12   # ONE norm
     for k in torch.unique(y).tolist():
         idx = (y == k).nonzero().flatten()
         gk = torch.autograd.grad(clean[idx].mean(), [p[n] for n in scope_names], retain_graph=True, allow_unused=True)
@@ -122,7 +123,7 @@ def ccsam_grads(model, params, x, y, counts, rho, ratio, rule, total, scope="cla
             if gn == 0:
                 continue
             if rule == "official":
-                r = rho * math.sqrt(float(params[n].norm())) * num ** 0.25 / (
+                r = rho * math.sqrt(theta_norm) * num ** 0.25 / (
                     math.sqrt(2) * max(counts[k] - 1, 1) ** 0.25 * math.sqrt(gn))
                 eps = r * g / gn
             else:

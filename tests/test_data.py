@@ -12,7 +12,7 @@ from data import build_data
 from data.arrays import ArrayDataset, long_tailed_counts, long_tailed_indices
 from data.cifar import cifar_lt, load_cifar
 from data.transforms import CIFAR_MEAN, CIFAR_STD, CifarTest, CifarTrain
-from engine.config import DataConfig
+from engine.config import section
 from core.errors import UserError
 
 # Totals of the standard CIFAR-LT benchmarks (Cao et al. 2019 and the papers that follow them).
@@ -76,7 +76,7 @@ def test_cifar_lt_subset_counts(cifar_root, name, imb):
 
 
 def test_build_data_cifar10_lt(cifar_root):
-    splits = build_data(DataConfig(name="cifar10_lt", root=cifar_root, download=False), seed=0)
+    splits = build_data(section("data", name="cifar10_lt", root=cifar_root, download=False), seed=0)
     assert splits.class_counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     image, label = splits.train[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label.dtype == torch.int64
@@ -107,7 +107,7 @@ def test_corrupt_pickle_names_the_file(tmp_path):
 
 
 def test_synthetic_is_deterministic_and_long_tailed():
-    cfg = DataConfig(name="synthetic", num_classes=5, image_size=8, max_per_class=40, imb_factor=8, test_per_class=3)
+    cfg = section("data", name="synthetic", num_classes=5, image_size=8, max_per_class=40, imb_factor=8, test_per_class=3)
     a, b = build_data(cfg, seed=0), build_data(cfg, seed=1)
     assert a.class_counts == long_tailed_counts(40, 5, 8) == [40, 23, 14, 8, 5]
     assert np.array_equal(a.train.images, b.train.images)  # data do not depend on the run seed

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from ddp_cases import CASES, COUNTS, NORM_CASES, batches, image_batches, make_optimizer
+from ddp_cases import CASES, COUNTS, NORM_CASES, batches, drw_weights_loss, image_batches, make_optimizer
 from optim.class_weights import focal_sam_weights, imbsam_weights
 from reference import (ConvBN, ConvGN, MLP, ccsam_grads, per_sample_ce, sgd_update, sum_over_shards,
                        weighted_sam_grads)
@@ -45,6 +45,7 @@ def one_process(name, mode="global"):
 
 WEIGHTS = {"sam": (torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)),
            "focal_sam": focal_sam_weights(COUNTS, 2.0, 0.8), "imbsam": imbsam_weights(COUNTS, 100)}
+WEIGHTS["focal_sam_batched"] = WEIGHTS["focal_sam"]
 
 
 def local_reference(name, world=2):
@@ -65,7 +66,7 @@ def local_reference(name, world=2):
 
 @pytest.mark.parametrize("name", [n for n, m in CASES if m == "global"])
 def test_global_mode_equals_one_process(ddp_results, name):
-    ddp, single = ddp_results[f"{name}/global"], one_process(name)
+    ddp, single = ddp_results[f"{name}/global"], one_process(name.removesuffix("_batched"))  # batched = 2 passes
     for n in single:
         torch.testing.assert_close(ddp[n], single[n], rtol=0, atol=1e-15, msg=f"{name}: {n}")   # float64 rounding
 
@@ -76,6 +77,16 @@ def test_local_mode_differs_and_matches_its_reference(ddp_results, name):
     assert max((ddp[n] - single[n]).abs().max().item() for n in single) > 1e-6
     for n in ref:
         torch.testing.assert_close(ddp[n], ref[n], rtol=0, atol=1e-10, msg=f"{name}: {n}")
+
+
+def test_drw_weights_reduction_under_ddp_equals_one_process(ddp_results):
+    torch.manual_seed(0)
+    model = MLP(head="linear").double()
+    opt, loss = make_optimizer("focal_sam", model, "global"), drw_weights_loss()
+    for x, y in batches():
+        opt.step(model, x, y, loss)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(ddp_results["drw_weights"][n], p.detach(), rtol=0, atol=1e-10, msg=n)
 
 
 def one_process_norm(norm, name):
@@ -182,3 +193,16 @@ def test_killed_rank_without_restart_stops_with_a_clear_message(tiny_config, tmp
     assert rc != 0
     assert "--resume" in stderr and ("lost contact with another rank" in stderr or "stopped by SIGTERM" in stderr)
     assert (out / "last.pt").exists() and not (out / "final.json").exists()
+
+
+@pytest.mark.parametrize("error, lost", [
+    (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1"), True),
+    (RuntimeError("[gloo] Connection reset by peer"), True),
+    (RuntimeError("Tensors must be CUDA and dense; gloo does not support this op"), False),
+    (RuntimeError("NCCL error: invalid usage (run with NCCL_DEBUG=WARN for details)"), False),
+    (RuntimeError("the data loader timed out after 60 s"), False),
+    (ValueError("mean of an empty NCCL tensor"), False),
+])
+def test_only_peer_loss_counts_as_a_communication_failure(error, lost):
+    from engine.distributed import is_communication_failure
+    assert is_communication_failure(error) is lost

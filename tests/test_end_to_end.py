@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+import engine.build
 import engine.trainer as trainer
 from conftest import assert_one_line_error, run_cli
 from engine.config import load_config
@@ -108,7 +109,7 @@ def test_bad_inputs_give_one_line(tiny_config, tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step_range_and_keeps_the_checkpoint(tiny_config, tmp_path, monkeypatch):
-    real_build = trainer.build_loss
+    real_build = engine.build.build_loss
 
     def poisoned(cfg, counts):
         loss = real_build(cfg, counts)
@@ -120,9 +121,19 @@ def test_non_finite_loss_stops_with_the_step_range_and_keeps_the_checkpoint(tiny
             return out * float("nan") if calls["n"] > 8 else out   # epoch 0 (4 steps x 2 passes) is clean
         return type("Poisoned", (), {"__call__": staticmethod(forward), "to": lambda self, d: self,
                                      "set_class_weight": staticmethod(loss.set_class_weight)})()
-    monkeypatch.setattr(trainer, "build_loss", poisoned)
+    monkeypatch.setattr(engine.build, "build_loss", poisoned)
     cfg = load_config(tiny_config(), ["train.epochs=3"])
     with pytest.raises(trainer.NonFiniteLoss, match=r"non-finite training loss in epoch 1, steps 0-3; the last good "
                                                     r"checkpoint is .*last.pt \(epoch 1\)"):
         trainer.fit(cfg, str(tmp_path / "nan"))
     assert torch.load(tmp_path / "nan" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_eval_refuses_a_checkpoint_of_other_class_counts(tiny_config, tmp_path):
+    """Head / Medium / Tail are groups of the training counts: evaluating a checkpoint against a
+    config of another imbalance would regroup the classes silently."""
+    out = tmp_path / "run"
+    assert run_cli("train.py", "--config", tiny_config(), "--out", str(out), "--set", "train.epochs=1").returncode == 0
+    other = tiny_config({"data": {"imb_factor": 2}}, name="other.yaml")
+    assert_one_line_error(run_cli("eval.py", "--config", other, "--checkpoint", str(out / "last.pt")),
+                          "other class counts", "data.imb_factor")

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import assert_one_line_error, run_cli
 from data import build_data
 from data.augment import draw_crop, draw_train_params, eval_resize
-from engine.config import DataConfig, load_config
+from engine.config import load_config, section
 from core.errors import UserError
 from engine.loaders import DeviceStageLoader, eval_loader, train_loader
 from engine.distributed import DistInfo
@@ -45,7 +45,7 @@ def write_tree(root, counts=COUNTS, test_per_class=2):
 
 
 def data_cfg(root, lists, **kw):
-    return DataConfig(name=kw.pop("name", "imagenet_lt"), root=str(root), train_list=lists["train"],
+    return section("data", name=kw.pop("name", "imagenet_lt"), root=str(root), train_list=lists["train"],
                       test_list=lists["val"], num_classes=4, image_size=32, head_threshold=5, tail_threshold=2,
                       num_workers=0, **kw)
 

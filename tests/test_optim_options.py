@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from engine.config import Config, LossConfig, OptimConfig, TrainConfig
-from engine.schedule import EpochSchedule
+from engine.config import Config, TrainConfig, section
+from engine.epoch_values import EpochValues
 from losses import build_loss
 from optim import CCSAM, SAM, FocalSAM, ImbSAM
 from optim.schedules import cosine_lr, piecewise_rho
@@ -172,14 +172,36 @@ def test_cosine_lr_matches_torch_cosine_annealing():
 
 
 def test_epoch_schedule_sets_lr_rho_and_drw():
-    cfg = Config(optim=OptimConfig(name="focal_sam", lr=0.1, rho=0.1, rho_milestones=((3, 0.2),)),
-                 loss=LossConfig(name="ce", drw_epoch=4), train=TrainConfig(epochs=6))
+    cfg = Config(optim=section("optim", name="focal_sam", lr=0.1, rho=0.1, rho_milestones=((3, 0.2),)),
+                 loss=section("loss", name="ce", drw_epoch=4), train=TrainConfig(epochs=6))
     model = MLP()
     opt = FocalSAM(model.parameters(), lr=0.1, class_counts=COUNTS)
     crit = build_loss(cfg.loss, COUNTS)
-    sched = EpochSchedule(cfg, COUNTS)
+    sched = EpochValues(cfg, COUNTS)
     logged = [sched.apply(e, opt, crit) for e in range(6)]
     assert [v["rho"] for v in logged] == [0.1, 0.1, 0.1, 0.2, 0.2, 0.2]
     assert opt.param_groups[0]["rho"] == 0.2 and opt.param_groups[0]["lr"] == cosine_lr(0.1, 6)[5]
     assert [v["drw"] for v in logged] == [False] * 4 + [True] * 2
     assert not torch.equal(crit.class_weight, torch.ones(4))
+
+
+def test_rho_set_after_load_state_dict_reaches_the_perturbation():
+    """load_state_dict replaces the param-group dicts: a rho set on the new groups afterwards must
+    act, also for an optimizer that had stepped (and so looked at its groups) before the load."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    model_a = MLP()
+    opt_a = SAM(model_a.parameters(), lr=0.1, rho=0.05)
+    opt_a.step(model_a, x, y, per_sample_ce)                  # the optimizer has seen its groups
+    state, weights = copy.deepcopy(opt_a.state_dict()), copy.deepcopy(model_a.state_dict())
+    model_b = MLP()
+    model_b.load_state_dict(weights)
+    opt_b = SAM(model_b.parameters(), lr=0.1, rho=0.05)
+    for model, opt in ((model_a, opt_a), (model_b, opt_b)):
+        opt.load_state_dict(copy.deepcopy(state))
+        for g in opt.param_groups:
+            g["rho"] = 0.7
+        opt.step(model, x, y, per_sample_ce)
+    for p, q in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(model_a.parameters(), MLP().parameters()))

@@ -86,6 +86,42 @@ def test_focal_sam_with_negative_clean_weight():
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convbn"])
+@pytest.mark.parametrize("method", ["focal_sam", "imbsam"])
+def test_batched_clean_backward_equals_the_formula(kind, method):
+    """One batched backward for grad L_a(w) and u: the float64 reference at atol 1e-10 (the
+    two-pass path's tolerance), including ImbSAM's batch without a tail sample (one pass)."""
+    data = batches(kind) + [(batches(kind, 1, seed=5)[0][0], torch.tensor([0, 1] * 5))]
+    if method == "focal_sam":
+        a, c = focal_sam_weights(COUNTS, gamma=3.0, lam=0.8)
+        make = lambda m: FocalSAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, gamma=3.0, lam=0.8,
+                                  class_counts=COUNTS, clean_backward="batched")
+    else:
+        a, c = imbsam_weights(COUNTS, eta=100)
+        make = lambda m: ImbSAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, eta=100,
+                                class_counts=COUNTS, clean_backward="batched")
+    run_and_compare(kind, 0.9, make, a, c, data=data)
+
+
+def test_batched_clean_backward_under_fp16_scaler_equals_two_passes():
+    """fp16 autocast + GradScaler (float32 model, CPU autocast): the batched and the two-pass
+    steps agree to 1e-5 after three steps and leave the scaler in the same state."""
+    if not torch.amp.is_autocast_available("cpu"):
+        pytest.skip("no CPU autocast in this torch build")
+    out = []
+    for mode in ("separate", "batched"):
+        model = make_model("convbn").float()
+        opt = FocalSAM(model.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, gamma=3.0, lam=0.8,
+                       class_counts=COUNTS, amp="fp16", clean_backward=mode)
+        for x, y in batches("convbn"):
+            opt.step(model, x.float(), y, per_sample_ce)
+        out.append((model, opt.scaler.get_scale()))
+    (m0, s0), (m1, s1) = out
+    assert s0 == s1
+    for p, q in zip(m0.parameters(), m1.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convbn"])
 def test_focal_sam_gamma0_lam1_equals_sam(kind):
     data = batches(kind)
     m1, m2 = make_model(kind), make_model(kind)
@@ -122,6 +158,11 @@ def test_bad_arguments_raise_value_errors():
         SAM(model.parameters(), lr=0.1, bn_mode="eval")
     with pytest.raises(ValueError, match="class_counts"):
         FocalSAM(model.parameters(), lr=0.1, class_counts=[])
+    with pytest.raises(ValueError, match="lam >= 0"):        # a negative lam would flip the perturbation
+        FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=-0.5)
+    with pytest.raises(ValueError, match="gamma >= 0"):
+        FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], gamma=-1.0)
+    FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=1.1)   # > 1 is allowed (official iNaturalist)
     opt = FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3])
     with pytest.raises(ValueError, match="target 3 is out of range for 2 classes"):
         opt.step(model, torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 3, 0]), per_sample_ce)

@@ -1,18 +1,22 @@
 """The per-epoch values of a run (learning rate, rho, DRW class weights), expanded once from the
 config and applied at the start of every epoch. Because each value is a function of the epoch
-index alone, a resumed run sets exactly what the uninterrupted run would have."""
+index alone, a resumed run sets exactly what the uninterrupted run would have.
+
+(`optim/schedules.py` holds the pure expansions; this file applies them to a run's optimizer and
+loss.)"""
 from typing import Sequence
 
 from losses.drw import drw_weights
+from optim.base import RhoOptions
 from optim.schedules import cosine_lr, piecewise_rho
 
 
-class EpochSchedule:
-    def __init__(self, cfg, class_counts: Sequence[int], uses_rho: bool = True):
-        t = cfg.train
-        self.lr = cosine_lr(cfg.optim.lr, t.epochs, t.warmup_epochs)
-        # Plain SGD has no radius: its rho stays 0 and is logged as none.
-        self.rho = piecewise_rho(cfg.optim.rho, cfg.optim.rho_milestones, t.epochs) if uses_rho else [None] * t.epochs
+class EpochValues:
+    def __init__(self, cfg, class_counts: Sequence[int]):
+        t, o = cfg.train, cfg.optim
+        self.lr = cosine_lr(o.lr, t.epochs, t.warmup_epochs)
+        # Plain SGD has no radius: its rho is logged as none.
+        self.rho = piecewise_rho(o.rho, o.rho_milestones, t.epochs) if isinstance(o, RhoOptions) else [None] * t.epochs
         self.class_counts, self.drw_epoch, self.drw_beta = list(class_counts), cfg.loss.drw_epoch, cfg.loss.drw_beta
 
     def apply(self, epoch: int, optimizer, criterion) -> dict:
