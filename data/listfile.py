@@ -97,7 +97,7 @@ class ListDataset(Dataset, SharedEpoch):
             if self.decode == "device":
                 return self._encoded(i, full, rng), label
             img = self._decode(full)
-        except (OSError, UnidentifiedImageError, RuntimeError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot read image {self._where(i)}: {decoder_reason(e)}") from None
         if self.train:
             width, height = img.size if isinstance(img, Image.Image) else (img.shape[-1], img.shape[-2])

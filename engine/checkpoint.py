@@ -13,6 +13,7 @@ from engine.report import atomic_write
 
 FORMAT = "lt-sam/1"
 TRAINING_KEYS = ("epoch", "elapsed", "model", "optimizer", "class_counts")   # what --resume needs
+KEY_TYPES = {"epoch": int, "elapsed": (int, float), "model": dict, "optimizer": dict, "class_counts": list}
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -36,6 +37,10 @@ def load_checkpoint(path: str, require: Sequence[str] = ("model",)) -> dict:
     if missing:
         raise UserError(f"{path} lacks {', '.join(repr(k) for k in missing)}: not a complete lt-sam "
                         "training checkpoint")
+    wrong = [k for k in require if k in KEY_TYPES and not isinstance(state[k], KEY_TYPES[k])]
+    if wrong:
+        raise UserError(f"{path}: '{wrong[0]}' holds a {type(state[wrong[0]]).__name__}; the file is not an "
+                        "lt-sam training checkpoint")
     return state
 
 

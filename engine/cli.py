@@ -205,5 +205,9 @@ def user_errors(resume_hint: str = ""):
             raise
         print(f"error: the data loader failed ({brief(e, 120)}){hint()}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except MemoryError as e:  # numpy's array allocation says how much it asked for
+        print(f"error: out of memory ({brief(e, 120) or 'MemoryError'}); lower train.batch_size, "
+              f"data.num_workers or the data sizes{hint()}", file=sys.stderr, flush=True)
+        sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, previous)

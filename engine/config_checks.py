@@ -7,13 +7,17 @@ exist only for some components (`optim.ratio` for CC-SAM, `data.imb_factor` for 
 datasets) are read with `getattr(..., None)`, so a section without them is simply not checked.
 """
 import dataclasses
-import math
 import re
 from typing import Callable, Iterator, Optional, Tuple
 
 from core.errors import ConfigError
 
 SEED_MAX = 2**32 - 1              # numpy.random.seed and np.random.default_rng accept 0 .. 2**32 - 1
+FLOAT32_MAX = 3.4028234663852886e38   # values end up in float32 tensors (lr, rho, weights)
+MAX_EPOCHS = 100_000              # schedules are expanded into one value per epoch at start-up
+MAX_WORKERS = 128                 # loader processes per training process
+MAX_SIDE = 1024                   # pixels: the crop fed to the network, or the synthetic images' side
+MAX_SYNTHETIC = 100_000           # images per class that the synthetic set makes in memory
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 # (section, key, test, what the value must be). A None value (an optional key left unset, or an
@@ -22,13 +26,13 @@ Rule = Tuple[str, str, Callable[[object], bool], str]
 RULES: Tuple[Rule, ...] = (
     ("", "seed", lambda v: 0 <= v <= SEED_MAX, f"must be in 0..{SEED_MAX} (numpy's seed range)"),
     ("data", "imb_factor", lambda v: v >= 1, "must be >= 1 (n_max / n_min of the long-tailed profile)"),
-    ("data", "num_workers", lambda v: v >= -1, "must be >= 0, or -1 (from the CPU count)"),
+    ("data", "num_workers", lambda v: -1 <= v <= MAX_WORKERS, f"must be 0..{MAX_WORKERS}, or -1 (from the CPU count)"),
     ("data", "head_threshold", lambda v: v >= 0, "must be >= 0 (a training count)"),
     ("data", "tail_threshold", lambda v: v >= 0, "must be >= 0 (a training count)"),
     ("data", "num_classes", lambda v: v >= 2, "must be >= 2"),
-    ("data", "image_size", lambda v: v >= 8, "must be >= 8 pixels"),
-    ("data", "max_per_class", lambda v: v >= 1, "must be >= 1"),
-    ("data", "test_per_class", lambda v: v >= 1, "must be >= 1"),
+    ("data", "image_size", lambda v: 8 <= v <= MAX_SIDE, f"must be 8..{MAX_SIDE} pixels"),
+    ("data", "max_per_class", lambda v: 1 <= v <= MAX_SYNTHETIC, f"must be 1..{MAX_SYNTHETIC:,}"),
+    ("data", "test_per_class", lambda v: 1 <= v <= MAX_SYNTHETIC, f"must be 1..{MAX_SYNTHETIC:,}"),
     ("loss", "gamma", lambda v: v >= 0, "must be >= 0 (VS: exponent of n_k / n_max)"),
     ("loss", "max_m", lambda v: v >= 0, "must be >= 0 (LDAM: largest margin)"),
     ("loss", "s", lambda v: v > 0, "must be > 0 (LDAM: logit scale)"),
@@ -41,6 +45,7 @@ RULES: Tuple[Rule, ...] = (
     ("optim", "eta", lambda v: v >= 0, "must be >= 0 (ImbSAM: tail = classes with n_k <= eta)"),
     ("optim", "ratio", lambda v: 0 <= v <= 1, "must be in [0, 1] (CC-SAM: weight of the perturbed loss)"),
     ("train", "device", lambda v: bool(DEVICE.match(v)), "must be auto, cpu, cuda, cuda:N or mps"),
+    ("train", "epochs", lambda v: v <= MAX_EPOCHS, f"must be <= {MAX_EPOCHS:,}"),
     ("train", "dist_timeout_minutes", lambda v: v > 0, "must be > 0 (minutes)"),
 )
 
@@ -58,14 +63,15 @@ def _key(section: str, key: str) -> str:
 
 
 def check_finite(cfg) -> None:
-    """Every float in the config is a number: YAML reads .nan and .inf as floats."""
+    """Every float in the config is a number that float32 can hold: YAML reads .nan and .inf as
+    floats, and 1e300 is finite for Python but overflows when PyTorch applies it."""
     for section, sub in _sections(cfg):
         for f in dataclasses.fields(sub):
             value = getattr(sub, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(_key(section, f.name), f"must be a finite number, got {value}")
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+                raise ConfigError(_key(section, f.name), f"must be a finite number (float32 range), got {value}")
     for i, (_, rho) in enumerate(getattr(cfg.optim, "rho_milestones", None) or ()):
-        if not math.isfinite(rho):
+        if not abs(rho) <= FLOAT32_MAX:
             raise ConfigError(f"optim.rho_milestones[{i}]", f"rho must be a finite number, got {rho}")
 
 

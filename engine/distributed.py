@@ -56,6 +56,8 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device {requested}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
         return device
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device is 'mps' but this machine has no Apple GPU; use train.device=cpu or auto")
     return _device(requested)
 
 

@@ -41,6 +41,8 @@ def check_arguments(args, runs) -> None:
     check each run's config with its --set overrides and seed once."""
     from core.errors import UserError
     from engine.config import load_config
+    if os.path.exists(args.out_root or "") and not os.path.isdir(args.out_root):
+        raise UserError(f"--out-root {args.out_root} is a file; give a folder for the runs")
     if args.runs_per_gpu < 0 or args.procs_per_run < 0:
         raise UserError("--runs-per-gpu and --procs-per-run must be >= 0 (0: the default)")
     gpus = (args.gpus or "all").replace(",", " ").split()

@@ -103,11 +103,11 @@ VALUE_CASES = [
     (["loss.drw_epoch=1", "loss.drw_beta=1"], "loss.drw_beta: must be in (0, 1)"),
     (["loss.drw_epoch=1", "loss.drw_beta=0"], "loss.drw_beta: must be in (0, 1)"),
     (CC_SAM + ["optim.ratio=1.5"], "optim.ratio: must be in [0, 1]"),
-    (["data.image_size=0"], "data.image_size: must be >= 8"),
+    (["data.image_size=0"], "data.image_size: must be 8..1024"),
     (["data.num_classes=1"], "data.num_classes: must be >= 2"),
-    (["data.num_workers=-2"], "data.num_workers: must be >= 0, or -1"),
-    (["data.max_per_class=0"], "data.max_per_class: must be >= 1"),
-    (["data.test_per_class=0"], "data.test_per_class: must be >= 1"),
+    (["data.num_workers=-2"], "data.num_workers: must be 0..128, or -1"),
+    (["data.max_per_class=0"], "data.max_per_class: must be 1..100,000"),
+    (["data.test_per_class=0"], "data.test_per_class: must be 1..100,000"),
     (["train.device=tpu"], "train.device: must be auto, cpu, cuda"),
     (["train.device=cuda:x"], "train.device: must be auto, cpu, cuda"),
     (["train.dist_timeout_minutes=0"], "train.dist_timeout_minutes: must be > 0"),
@@ -121,6 +121,11 @@ VALUE_CASES = [
     (["loss.name=ldam", "model.classifier=cosine", "loss.s=0"], "loss.s: must be > 0"),
     (["loss.name=ldam", "model.classifier=cosine", "loss.max_m=-0.5"], "loss.max_m: must be >= 0"),
     (["loss.tau=.inf"], "loss.tau: must be a finite number"),
+    (["optim.lr=1e300"], "optim.lr: must be a finite number (float32 range)"),
+    (["data.num_workers=1000"], "data.num_workers: must be 0..128"),
+    (["data.image_size=100000"], "data.image_size: must be 8..1024"),
+    (["data.max_per_class=1000000000"], "data.max_per_class: must be 1..100,000"),
+    (["train.epochs=200000"], "train.epochs: must be <= 100,000"),
 ]
 
 
@@ -173,6 +178,9 @@ def test_command_line_mistakes(tiny, tmp_path, capsys):
     assert_one_line(call(eval_cli.main, [], capsys), "--checkpoint")
     assert_one_line(train(capsys, "--resume", tmp_path / "none"), "nothing to resume")
     assert_one_line(train(capsys, "--resume", tmp_path, "--set", "seed=1"), "drop --config and --set")
+    if not torch.backends.mps.is_available():
+        assert_one_line(train(capsys, "--config", tiny, "--out", tmp_path / "r", "--set", "train.device=mps"),
+                        "no Apple GPU")
 
 
 def test_run_folder_is_checked_before_any_work(tiny, tmp_path, capsys):
@@ -227,6 +235,8 @@ def test_eval_outputs_and_checkpoints(finished_run, tmp_path, capsys):
     assert_one_line(evaluate(tmp_path / "text.pt", "--config", cfg), "cannot load checkpoint", "corrupt")
     torch.save({"format": "lt-sam/1"}, str(tmp_path / "empty.pt"))
     assert_one_line(evaluate(tmp_path / "empty.pt", "--config", cfg), "lacks 'model'")
+    torch.save({"format": "lt-sam/1", "model": torch.zeros(3)}, str(tmp_path / "tensor.pt"))
+    assert_one_line(evaluate(tmp_path / "tensor.pt", "--config", cfg), "'model' holds a Tensor")
     # A checkpoint of another head: the message names the tensor and both shapes.
     assert_one_line(evaluate(ckpt, "--config", cfg, "--set", "data.num_classes=5", "--out", tmp_path / "e.json"),
                     "size mismatch for classifier.weight", "torch.Size([4, 64])", "torch.Size([5, 64])")
