@@ -239,7 +239,9 @@ def test_eval_outputs_and_checkpoints(finished_run, tmp_path, capsys):
     assert_one_line(evaluate(tmp_path / "tensor.pt", "--config", cfg), "'model' holds a Tensor")
     # A checkpoint of another head: the message names the tensor and both shapes.
     assert_one_line(evaluate(ckpt, "--config", cfg, "--set", "data.num_classes=5", "--out", tmp_path / "e.json"),
-                    "size mismatch for classifier.weight", "torch.Size([4, 64])", "torch.Size([5, 64])")
+                    "other class counts", "4 classes there, 5 here")
+    assert_one_line(evaluate(ckpt, "--config", cfg, "--set", "model.classifier=cosine", "--out", tmp_path / "e.json"),
+                    "does not match model", "classifier.bias")
     marker = tmp_path / "pwned"
     evil_pickle_file(tmp_path / "evil.pt", marker)
     assert_one_line(evaluate(tmp_path / "evil.pt", "--config", cfg, "--out", tmp_path / "e.json"),
