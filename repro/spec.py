@@ -29,12 +29,13 @@ PAPER_EPOCHS = 200                    # the paper's ResNet schedule; a 300-epoch
 SMOKE_SETS = (
     "data.name=synthetic", "~data.train_list", "~data.test_list", "~data.class_names",
     "~data.decode", "~data.check_files", "~data.download", "data.num_classes=10",
-    "data.image_size=16", "data.max_per_class=100", "data.test_per_class=10", "data.num_workers=0",
+    "data.image_size=16", "data.max_per_class=200", "data.test_per_class=10", "data.num_workers=0",
     "data.head_threshold=50", "data.tail_threshold=20",
     "train.max_steps_per_epoch=2", "train.batch_size=32", "train.eval_batch_size=100",
 )
-# Per optimizer, after the table's own optim_set: on the synthetic counts (100 images down to
-# 100 / IF) ImbSAM's tail is the smoke's non-Head classes, as on the real data.
+# Per optimizer, after the table's own optim_set: on the synthetic counts (200 images down to
+# 200 / IF: every class keeps an image up to IF 200) ImbSAM's tail is the smoke's non-Head
+# classes, as on the real data.
 SMOKE_OPTIM_SETS = {"imbsam": ("optim.eta=50",)}
 
 

@@ -274,7 +274,7 @@ def test_weights_missing_is_one_error_line_from_train_py(tmp_path):
     missing = tmp_path / "nowhere" / "ViT-B-16.pt"
     cfg = tmp_path / "clip.yaml"
     cfg.write_text(
-        "data: {name: synthetic, num_classes: 3, image_size: 8, max_per_class: 4, test_per_class: 1, "
+        "data: {name: synthetic, num_classes: 3, image_size: 8, max_per_class: 4, imb_factor: 4, test_per_class: 1, "
         "num_workers: 0, preprocess: clip}\n"
         f"model: {{name: clip_vit_b16, clip_weights: {missing}, clip_download: false}}\n"
         "loss: {name: la}\noptim: {name: sgd, lr: 0.01}\ntrain: {epochs: 1, batch_size: 2}\n")

@@ -31,8 +31,8 @@ def test_every_run_has_a_config_and_the_30_epoch_rows_run_30_epochs(tables):
         for row, group, run in spec.plan_runs(table, [0]):
             assert os.path.isfile(os.path.join(ROOT, run.config)), run.config
             assert run.config.startswith("configs/clip/") and run.procs == 1
-            if row.epochs_scale != 1.0:
-                assert "train.epochs=30" in run.sets and run.key.split("/")[1].endswith("-ep1.5x")
+            if row.epochs == 30:
+                assert run.config.endswith("_sam_30ep.yaml") and spec.read_config_info(run.config).epochs == 30
     assert len(spec.unique_runs(spec.plan_runs(tables["2F"], [0]))) == 40
 
 
