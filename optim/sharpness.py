@@ -77,14 +77,15 @@ class WeightedSAM(SharpnessOptimizer):
         params, rhos = self.perturbed(model)
         u = torch.autograd.grad(self.scaled(sharp_loss), params, retain_graph=keep_graph, allow_unused=True)
         u = [torch.zeros_like(p) if g is None else g for p, g in zip(params, u)]
+        return params, self._radius_rho(model, params, rhos, u)
+
+    def _radius_rho(self, model, params, rhos, u):
+        """eps = rho u / (||u|| + 1e-12), u summed over the ranks first ("global") and unscaled
+        (fp16); None when it overflowed (the scaler then skipped the step)."""
         if self.perturbation == "global":
             self.sum_across_ranks(model, u)
         if not self.unscaled_or_skip(params, u, model):
-            return params, None
-        return params, self.scaled_to_rho(u, rhos)
-
-    @staticmethod
-    def scaled_to_rho(u, rhos):
+            return None
         norm = torch.nn.utils.get_total_norm(u)
         return [g.mul_(rho / (norm + 1e-12)) for g, rho in zip(u, rhos)]
 
@@ -99,11 +100,7 @@ class WeightedSAM(SharpnessOptimizer):
         for p, g in zip(every, both):
             p.grad = None if g is None else g[0]
         u = [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
-        if self.perturbation == "global":
-            self.sum_across_ranks(model, u)
-        if not self.unscaled_or_skip(params, u, model):
-            return params, None
-        return params, self.scaled_to_rho(u, rhos)
+        return params, self._radius_rho(model, params, rhos, u)
 
     # ------------------------------------------------------------------ bookkeeping
     @staticmethod
