@@ -559,7 +559,8 @@ def test_nan_metrics_never_end_with_exit_0(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_non_finite_loss_names_drw_as_the_likely_cause(tiny, tmp_path, capsys, monkeypatch):
-    real_build = trainer.build_loss
+    import engine.build
+    real_build = engine.build.build_loss
 
     def nan_when_weighted(cfg, counts):
         loss = real_build(cfg, counts)
@@ -570,7 +571,7 @@ def test_non_finite_loss_names_drw_as_the_likely_cause(tiny, tmp_path, capsys, m
             return out * float("nan") if (loss.class_weight != 1).any() else out
         loss.forward = weighted
         return loss
-    monkeypatch.setattr(trainer, "build_loss", nan_when_weighted)
+    monkeypatch.setattr(engine.build, "build_loss", nan_when_weighted)
     assert_one_line(train(capsys, "--config", tiny, "--out", tmp_path / "run", "--set", "loss.drw_epoch=2"),
                     "non-finite training loss in epoch 2", "DRW class weights are on since epoch 2",
                     "loss.drw_epoch=2", "loss.drw_beta=0.9999")
