@@ -78,11 +78,15 @@ def folder_lock(out: str):
     fd = _open_lock(out)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UserError(f"{out} is in use by another run (process {holder}); wait for it to end, "
                         "or choose another --out") from None
+    except OSError as e:  # e.g. ENOLCK: a network file system mounted without lock support
+        os.close(fd)
+        raise UserError(f"cannot lock {os.path.join(out, LOCK)}: {e.strerror or e}; put the run folder on a "
+                        "file system with locks (or mount it with lock support)") from None
     _held_locks.add(fd)
     try:
         os.ftruncate(fd, 0)

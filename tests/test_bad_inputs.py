@@ -198,6 +198,17 @@ def test_run_folder_is_checked_before_any_work(tiny, tmp_path, capsys):
                     "Operation not permitted")
 
 
+
+def test_a_file_system_without_locks_is_named(tiny, tmp_path, capsys, monkeypatch):
+    import engine.cli
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(engine.cli.fcntl, "flock", no_locks)
+    assert_one_line(train(capsys, "--config", tiny, "--out", tmp_path / "run"), "cannot lock", ".lock",
+                    "No locks available")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 1-epoch tiny run: (folder, config path)."""
