@@ -11,40 +11,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 import analyze
-import engine.trainer as trainer
 from analysis import commands, measure
 from analysis.hvp import BatchedLoss
 from analysis.params import displaced, gaussian, generator, unflatten
 from analysis.run import load_run
-from conftest import TINY, run_cli
-from engine.config import deep_merge, load_config
+from conftest import run_cli
+from engine.config import load_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One epoch of the tiny synthetic config: counts [24, 15, 9, 6]; head = class 0, tail = class 3."""
-    root = tmp_path_factory.mktemp("analysis")
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(deep_merge(TINY, {"train": {"epochs": 1}})))
-    trainer.fit(load_config(str(path)), str(root / "run"))
-    return str(root / "run")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def independent_losses(run_dir):
     """Per-sample LA losses of every training image, written from the checkpoint and the raw data:
-    CE(z + log pi), BN in eval mode, no augmentation, float64. (The loss keeps log pi as a float32
-    buffer: agreement is to ~1e-8 relative, hence rel=1e-7 below.)"""
+    CE(z + log pi), BN in eval mode, no augmentation, float64."""
     from data import build_data
     from models import build_model
     cfg = load_config(os.path.join(run_dir, "config.yaml"))

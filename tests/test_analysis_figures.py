@@ -7,32 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-import yaml
 
-import engine.trainer as trainer
-from conftest import TINY
-from engine.config import deep_merge, load_config
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import figures  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("figures")
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(deep_merge(TINY, {"train": {"epochs": 1}})))
-    trainer.fit(load_config(str(path)), str(root / "run"))
-    return str(root / "run")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def read_csv(path):

@@ -24,13 +24,7 @@ from core.errors import UserError
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread start-up costs more than the work, and on a busy machine far more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Eigenvalue: multiplicity. d = 40, Tr = 47; a negative and a zero cluster test the support.
 SPECTRUM = {10.0: 1, 5.0: 3, 2.0: 6, 1.0: 10, 0.5: 10, 0.0: 5, -1.0: 5}
