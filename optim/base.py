@@ -8,6 +8,13 @@ targets)` must return per-sample losses. It wraps `torch.optim.SGD` and shares i
 `rho` is a param-group value like `lr` (each parameter is perturbed with its own group's rho).
 Weight decay and momentum belong to the base step only.
 
+Many models at once: `model` may be an `models.stacked.StackedModels` of N members (images
+(N, B, ...), targets (N, B)). Every pass then runs all members together; the loss is the sum of
+the members' losses (each normalised by its own batch size B), so each member's slice of a
+parameter gets that member's gradient, and what is not elementwise is taken per member: the
+criterion, the perturbation norm, the skip of a perturbed pass (`moved(..., skip=)`). `step`
+returns per-member mean losses (N,). Not with fp16 (one loss scale would couple the members).
+
 Distributed: when `model` is a DistributedDataParallel module, every pass runs under
 `model.no_sync()` and the gradients that need it are summed across DDP's process group here, in
 coalesced buckets. DDP's own reducer cannot serve a sharpness-aware step: it expects exactly one
@@ -129,7 +136,10 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         """One forward pass (under autocast when asked): (logits, per-sample losses, fp32 at least)."""
         with self.autocast(images.device.type):
             logits = model(images)
-            losses = criterion(logits, targets)
+            if members(model):   # one criterion call per member: a loss may normalise over its batch
+                losses = torch.stack([criterion(l, t) for l, t in zip(logits, targets)])
+            else:
+                losses = criterion(logits, targets)
         if losses.shape != targets.shape:
             raise ValueError(f"criterion must return per-sample losses of shape {tuple(targets.shape)}, "
                              f"got {tuple(losses.shape)} (use reduction='none')")
@@ -147,14 +157,17 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         return self.scaler.scale(loss) if self.scaler.is_enabled() else loss
 
     @contextlib.contextmanager
-    def moved(self, model, params: Sequence[torch.Tensor], eps: Sequence[torch.Tensor]):
-        """Inside: the weights are w + eps (BN statistics per `bn_mode`); after: exactly w again."""
+    def moved(self, model, params: Sequence[torch.Tensor], eps: Sequence[torch.Tensor], skip=None):
+        """Inside: the weights are w + eps (BN statistics per `bn_mode`); after: exactly w again.
+        `skip` (N,) bool, stacked models only: members whose pass does not count (their eps is 0,
+        their loss weight 0), whose BN statistics must leave the block unchanged, as if they had
+        not run it."""
         with torch.no_grad():
             saved = [p.detach().clone() for p in params]
             for p, e in zip(params, eps):
                 p.add_(e)
         try:
-            with self.bn_guard(model):
+            with self.bn_guard(model, skip):
                 yield
         finally:
             with torch.no_grad():
@@ -162,25 +175,32 @@ class SharpnessOptimizer(torch.optim.Optimizer):
                     p.copy_(s)
 
     @contextlib.contextmanager
-    def bn_guard(self, model):
-        """With bn_mode="freeze", BN running statistics leave the block unchanged.
+    def bn_guard(self, model, skip=None):
+        """With bn_mode="freeze", BN running statistics leave the block unchanged; with `skip`
+        (stacked models), those of the skipped members do.
 
-        The block runs on clones of the buffers, which are dropped afterwards. Restoring the
-        originals in place instead would bump their version counters before the backward pass,
-        which autograd rejects (batch norm's backward takes the running statistics as inputs).
+        The block runs on clones of the buffers; afterwards the originals (or, per member, a
+        choice between them and the clones) are set back. Restoring the originals in place
+        instead would bump their version counters before the backward pass, which autograd
+        rejects (batch norm's backward takes the running statistics as inputs).
         """
-        if self.bn_mode != "freeze":
+        if self.bn_mode != "freeze" and skip is None:
             yield
             return
         swapped = [(m, name, buf) for m in model.modules() if isinstance(m, _BatchNorm)
                    for name, buf in m.named_buffers(recurse=False)]
-        for m, name, buf in swapped:
-            setattr(m, name, buf.clone())   # a registered buffer: Module.__setattr__ replaces it
+        clones = [buf.clone() for _, _, buf in swapped]
+        for (m, name, _), c in zip(swapped, clones):
+            setattr(m, name, c)   # a registered buffer: Module.__setattr__ replaces it
         try:
             yield
         finally:
-            for m, name, buf in swapped:
-                setattr(m, name, buf)
+            for (m, name, buf), c in zip(swapped, clones):
+                if self.bn_mode == "freeze":
+                    setattr(m, name, buf)
+                else:
+                    keep = skip.to(buf.device).view(-1, *[1] * (buf.dim() - 1))
+                    setattr(m, name, torch.where(keep, buf, c))
 
     # ------------------------------------------------------------------ fp16 and DDP plumbing
     def unscaled_or_skip(self, params, grads: List[torch.Tensor], model) -> bool:
@@ -201,6 +221,11 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         for g in grads:
             g.mul_(inv)
         return True
+
+    def check_members(self, model) -> None:
+        if members(model) and self.scaler.is_enabled():
+            raise ValueError("amp='fp16' cannot train stacked models (one loss scale and its skipped steps "
+                             "would be shared by every member); use 'bf16' or 'none'")
 
     @staticmethod
     def ddp(model):
@@ -237,6 +262,18 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         if num_classes and targets.numel() and int(targets.max()) >= num_classes:
             raise ValueError(f"target {int(targets.max())} is out of range for {num_classes} classes "
                              f"(class_counts has {num_classes} entries)")
+
+
+def members(model) -> int:
+    """N for a stacked model (models/stacked.py; also behind torch.compile), 0 for one model."""
+    return int(getattr(model, "members", 0) or 0)
+
+
+def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N,) the 2-norm of each member's slice over all `tensors` (each (N, ...)): the norm of the
+    per-tensor norms, as torch.nn.utils.get_total_norm takes it for one model."""
+    per_tensor = torch.stack([torch.linalg.vector_norm(t.flatten(1), dim=1) for t in tensors])
+    return torch.linalg.vector_norm(per_tensor, dim=0)
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from core.options import opt
-from optim.base import PerturbOptions, SharpnessOptimizer
+from optim.base import PerturbOptions, SharpnessOptimizer, member_norms, members
 from optim.class_weights import focal_sam_weights, imbsam_weights, sam_weights, sgd_weights
 
 
@@ -48,28 +48,29 @@ class WeightedSAM(SharpnessOptimizer):
         self._targets_checked = False
 
     def step(self, model, images, targets, criterion):
-        """Every pass and the base update for one batch; returns (mean clean loss, clean logits)."""
-        self._check_targets_once(targets)
+        """Every pass and the base update for one batch; returns (mean clean loss, clean logits)
+        (stacked models: (N,) per-member mean losses)."""
+        self._check_once(model, targets)
         self.zero_grad(set_to_none=True)
         with self.no_sync(model):
             logits, losses = self.forward(model, images, targets, criterion)         # l_i(w), (b,)
             a, c = (self._per_sample(w, targets, losses.dtype) for w in (self.clean_weight, self.sharp_weight))
-            b, has_clean, has_sharp = self._batch_plan(model, a, c)
+            b, has_clean, has_sharp, skip = self._batch_plan(model, a, c)
             batched = has_sharp and has_clean and self.clean_backward == "batched"
             if batched:                    # grad L_a(w) into .grad and u from one backward
                 params, eps = self.ascent_and_clean(model, losses, torch.stack([a, c]) / b)
             elif has_sharp:
                 params, eps = self.ascent(model, (c * losses).sum() / b, keep_graph=has_clean)
             if has_sharp and eps is None:  # fp16: u overflowed, the scaler skipped this step
-                return losses.detach().mean(), logits.detach()
+                return losses.detach().mean(-1), logits.detach()
             if has_clean and not batched:
                 self.backward((a * losses).sum() / b)                                 # grad L_a(w)
             if has_sharp:
-                with self.moved(model, params, eps):
+                with self.moved(model, params, eps, skip):
                     _, perturbed = self.forward(model, images, targets, criterion)    # l_i(w + eps)
                     self.backward((c * perturbed).sum() / b)                          # + grad L_c(w + eps)
         self.finish(model)
-        return losses.detach().mean(), logits.detach()
+        return losses.detach().mean(-1), logits.detach()
 
     def ascent(self, model, sharp_loss: torch.Tensor, keep_graph: bool):
         """(perturbed params, eps = rho u / (||u|| + 1e-12)) with u = grad L_c(w); eps is None
@@ -86,6 +87,10 @@ class WeightedSAM(SharpnessOptimizer):
             self.sum_across_ranks(model, u)
         if not self.unscaled_or_skip(params, u, model):
             return None
+        n = members(model)
+        if n:   # one norm per member, broadcast over each (N, ...) tensor
+            scale = 1.0 / (member_norms(u) + 1e-12)
+            return [g.mul_(rho * scale.view(n, *[1] * (g.dim() - 1))) for g, rho in zip(u, rhos)]
         norm = torch.nn.utils.get_total_norm(u)
         return [g.mul_(rho / (norm + 1e-12)) for g, rho in zip(u, rhos)]
 
@@ -109,23 +114,35 @@ class WeightedSAM(SharpnessOptimizer):
         return w.expand(targets.shape) if w.ndim == 0 else w[targets]
 
     def _batch_plan(self, model, a: torch.Tensor, c: torch.Tensor):
-        """(global batch size, clean part present?, sharpness part present?).
+        """(global batch size, clean part present?, sharpness part present?, members to skip in
+        the perturbed pass or None).
 
         A part whose class weights are all non-zero (or all zero) is present (absent) in every
         batch; only a part weighted on some classes (ImbSAM) needs a look at the batch, which
-        costs a host sync. Under DDP the counts are summed over the ranks, so all agree.
+        costs a host sync. Under DDP the counts are summed over the ranks, so all agree. With
+        stacked models a part is present if any member has it; the members without a sharpness
+        part ride along in the perturbed pass with eps = 0 and weight 0 (a zero gradient) and
+        `skip` keeps their BN statistics, so each member computes what it would alone.
         """
         known = [_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight)]
+        b = float(a.shape[-1])
         if self.ddp(model) is None and None not in known:
-            return float(len(a)), known[0], known[1]
-        stats = torch.stack([torch.ones_like(a).sum(), (a != 0).sum().to(a.dtype), (c != 0).sum().to(a.dtype)])
+            return b, known[0], known[1], None
+        if members(model):
+            sharp = (c != 0).any(-1)
+            has_sharp = bool(sharp.any()) if known[1] is None else known[1]
+            skip = ~sharp if known[1] is None and has_sharp and not bool(sharp.all()) else None
+            return b, True if known[0] is None else known[0], has_sharp, skip
+        stats = torch.stack([torch.full_like(a[:1].sum(), b), (a != 0).sum().to(a.dtype), (c != 0).sum().to(a.dtype)])
         self.sum_across_ranks(model, [stats])
         has = [k if k is not None else bool(n > 0) for k, n in zip(known, stats[1:])]
-        return stats[0], has[0], has[1]
+        return stats[0], has[0], has[1], None
 
-    def _check_targets_once(self, targets: torch.Tensor) -> None:
-        if not self._targets_checked and self.clean_weight.ndim == 1:
-            self.check_targets(targets, len(self.clean_weight))
+    def _check_once(self, model, targets: torch.Tensor) -> None:
+        if not self._targets_checked:
+            self.check_members(model)
+            if self.clean_weight.ndim == 1:
+                self.check_targets(targets, len(self.clean_weight))
         self._targets_checked = True
 
 
