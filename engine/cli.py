@@ -112,17 +112,34 @@ def close_inherited_locks() -> None:
     _held_locks.clear()
 
 
-def _config_and_folder(args):
-    if args.resume:
-        if args.config or args.set:
-            raise UserError("--resume continues a run with its saved config.yaml; drop --config and --set")
-        if not os.path.isfile(os.path.join(args.resume, "last.pt")):
-            raise UserError(f"nothing to resume: {os.path.join(args.resume, 'last.pt')} does not exist")
-        return load_config(os.path.join(args.resume, "config.yaml")), args.resume
+def _configs_and_folders(args):
+    """([config], [folder]) of the run(s) asked for: --resume DIR [DIR ...], or --config with
+    --seeds S [S ...] (one folder per seed: --out holds `{seed}`)."""
+    resume = list(args.resume or [])
+    if resume:
+        if args.config or args.set or args.seeds:
+            raise UserError("--resume continues runs with their saved config.yaml; drop --config, --set and --seeds")
+        for d in resume:
+            if not os.path.isfile(os.path.join(d, "last.pt")):
+                raise UserError(f"nothing to resume: {os.path.join(d, 'last.pt')} does not exist")
+        if len({os.path.realpath(d) for d in resume}) != len(resume):
+            raise UserError("--resume lists one folder twice")
+        return [load_config(os.path.join(d, "config.yaml")) for d in resume], resume
     if not args.config:
         raise UserError("give --config FILE (a YAML in configs/) or --resume DIR")
-    cfg = load_config(args.config, args.set)
-    return cfg, args.out or default_out_dir(args.config, cfg.seed)
+    if not args.seeds:
+        cfg = load_config(args.config, args.set)
+        return [cfg], [args.out or default_out_dir(args.config, cfg.seed)]
+    if any(kv.split("=", 1)[0].strip() == "seed" for kv in args.set):
+        raise UserError("give the seeds with --seeds only, not also --set seed=...")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds lists a seed twice: {' '.join(map(str, args.seeds))}")
+    pattern = args.out or default_out_dir(args.config, "{seed}")
+    if len(args.seeds) > 1 and "{seed}" not in pattern:
+        raise UserError(f"--out {pattern}: with several --seeds give a folder pattern holding {{seed}}, "
+                        "e.g. runs/la_focal_sam-seed{seed}")
+    cfgs = [load_config(args.config, [*args.set, f"seed={s}"]) for s in args.seeds]
+    return cfgs, [pattern.replace("{seed}", str(s)) for s in args.seeds]
 
 
 def _is_resume(args, out: str) -> bool:
@@ -138,14 +155,20 @@ def _is_resume(args, out: str) -> bool:
 
 
 @contextlib.contextmanager
-def claimed_run(args):
-    """-> (config, run folder, resume?) from --config/--set/--out/--resume, with the folder
-    checked and locked for this process for the life of the block."""
-    cfg, out = _config_and_folder(args)
-    if not args.resume and not os.path.isfile(os.path.join(out, "last.pt")):
-        check_run_folder(out)  # before anything is created in it
-    with folder_lock(out):
-        yield cfg, out, _is_resume(args, out)
+def claimed_runs(args):
+    """-> ([config], [run folder], resume?) from --config/--set/--seeds/--out/--resume, with each
+    folder checked and locked for this process for the life of the block."""
+    cfgs, outs = _configs_and_folders(args)
+    for out in outs:
+        if not args.resume and not os.path.isfile(os.path.join(out, "last.pt")):
+            check_run_folder(out)  # before anything is created in it
+    with contextlib.ExitStack() as locks:
+        for out in outs:
+            locks.enter_context(folder_lock(out))
+        resume = {_is_resume(args, out) for out in outs}
+        if len(resume) > 1:
+            raise UserError(f"some of {', '.join(outs)} hold a checkpoint and some do not; resume them one by one")
+        yield cfgs, outs, resume.pop()
 
 
 def check_report_path(path: str, checkpoint: str, option: str = "--out") -> None:
@@ -181,7 +204,7 @@ def _is_loader_failure(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def user_errors(resume_hint: str = ""):
+def user_errors(resume_hint=""):
     """Turn UserError into one 'error: ...' line (exit 2), Ctrl-C and SIGTERM into a line that
     says how to go on (the resume command only when the run folder holds a checkpoint).
 

@@ -22,10 +22,13 @@ class NonFiniteLoss(UserError):
     """The loss, the weights or the metrics of a run became NaN or infinite."""
 
 
-def resume_hint(out_dir: str) -> str:
-    """How to go on from `out_dir`: the resume command when a checkpoint exists, else start again."""
-    if out_dir and os.path.isfile(os.path.join(out_dir, "last.pt")):
-        return f"the last checkpoint is kept, continue with: python train.py --resume {out_dir}"
+def resume_hint(out_dirs) -> str:
+    """How to go on from a run folder (or the folders of seeds trained together): the resume
+    command when every one holds a checkpoint, else start again."""
+    dirs = [out_dirs] if isinstance(out_dirs, str) else list(out_dirs)
+    if dirs and all(d and os.path.isfile(os.path.join(d, "last.pt")) for d in dirs):
+        kept = "the last checkpoint is kept" if len(dirs) == 1 else "the last checkpoints are kept"
+        return f"{kept}, continue with: python train.py --resume {' '.join(dirs)}"
     return "no checkpoint was written yet; start the run again"
 
 

@@ -5,6 +5,7 @@ import math
 import os
 import sys
 import time
+from typing import List, Sequence
 
 import torch
 import torch.distributed
@@ -15,13 +16,14 @@ from torch.nn.parallel import DistributedDataParallel
 from core.errors import UserError
 from engine import distributed as dist_utils
 from engine.build import build_run
+from engine.group import MemberBatches, build_group
 from engine.checkpoint import TRAINING_KEYS, load_checkpoint, mismatch_reason, save_checkpoint
 from engine.config import Config, config_to_dict
 from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state, stop_note
 from engine.loaders import eval_loader, train_loader
 from engine.metrics import summarize
 from engine.report import RunWriter, git_revision, write_json, write_yaml
-from optim.base import AMP_DTYPES
+from optim.base import AMP_DTYPES, members
 
 CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
 
@@ -34,11 +36,13 @@ def progress_enabled(setting: str, info) -> bool:
     return setting == "on" or (sys.stderr.isatty() and not os.environ.get("CI"))
 
 
-def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, info, checkpoint_note: str) -> dict:
-    """One pass over the (sharded) training set; returns the epoch's mean loss and accuracy (%)."""
+def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, info, checkpoint_note) -> List[dict]:
+    """One pass over the (sharded) training set; returns each member's mean loss and accuracy (%)
+    (one dict for one model). `checkpoint_note`: what a stop says, one string per member."""
     model.train()
     steps = len(loader) if cfg_train.max_steps_per_epoch is None else min(len(loader), cfg_train.max_steps_per_epoch)
-    totals = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, correct (on device: no sync)
+    n = max(1, members(model))
+    totals = torch.zeros(2, n, dtype=torch.float64, device=info.device)  # loss sum, correct (on device: no sync)
     seen = 0
     bar = None
     if progress_enabled(cfg_train.progress, info):
@@ -51,53 +55,71 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
         loss, logits = optimizer.step(model, images, targets, criterion)
-        totals += torch.stack([loss.double() * len(targets), (logits.argmax(1) == targets).sum().double()])
-        seen += len(targets)
+        b = targets.shape[-1]
+        totals += torch.stack([loss.double() * b, (logits.argmax(-1) == targets).sum(-1).double()]).view(2, n)
+        seen += b
         if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-            loss_sum = totals[0].item()
-            if not math.isfinite(loss_sum):
-                raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}; "
-                                    f"{checkpoint_note}")
+            loss_sums = totals[0].tolist()
+            for k, loss_sum in enumerate(loss_sums):
+                if not math.isfinite(loss_sum):
+                    raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}; "
+                                        f"{_member(checkpoint_note, k)}")
             checked = step + 1
             if bar is not None:
                 bar.update(step + 1 - bar.n)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+                bar.set_postfix(loss=f"{sum(loss_sums) / n / seen:.4f}")
     if bar is not None:
         bar.close()
-    totals = torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64, device=info.device)])
+    totals = torch.cat([totals, torch.full((1, n), float(seen), dtype=torch.float64, device=info.device)])
     if info.distributed:
         dist_utils.all_reduce_sum_([totals])
-    loss_sum, correct, seen = totals.tolist()
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+    return [{"train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+            for loss_sum, correct, seen in totals.t().tolist()]
+
+
+def _member(notes, k: int) -> str:
+    return notes if isinstance(notes, str) else notes[k]
 
 
 @torch.no_grad()
 def predict(model, loader, info, amp: str = "none"):
-    """(predictions, confidences, labels) over the whole test set, gathered from every rank."""
+    """(predictions, confidences, labels) over the whole test set, gathered from every rank; for
+    a stacked model, predictions and confidences are (N, n): one row per member."""
     was_training = model.training
     model.eval()
     preds, confs, labels = [], [], []
     dtype = AMP_DTYPES[amp]
+    stacked = members(model) > 0
     for images, targets in loader:
+        images = images.to(info.device, non_blocking=True)
         with torch.autocast(info.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images.to(info.device, non_blocking=True))
-        conf, pred = F.softmax(logits.float(), dim=1).max(dim=1)
+            logits = model.forward_shared(images) if stacked else model(images)
+        conf, pred = F.softmax(logits.float(), dim=-1).max(dim=-1)
         preds.append(pred)
         confs.append(conf)
         labels.append(targets.to(info.device))
     model.train(was_training)
-    cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=info.device)
+    cat = lambda xs, dt: torch.cat(xs, dim=-1) if xs else torch.zeros(0, dtype=dt, device=info.device)
     out = [dist_utils.gather_variable(cat(x, dt)) for x, dt in
            ((preds, torch.long), (confs, torch.float32), (labels, torch.long))]
     return [t.cpu().numpy() for t in out]
 
 
-def evaluate(model, loader, info, class_counts, data_cfg, amp: str = "none") -> dict:
-    """The evaluation report (percent): balanced top-1, head / medium / tail, per-class, ECE."""
+def evaluate_members(model, loader, info, class_counts, data_cfg, amp: str = "none") -> List[dict]:
+    """The evaluation report (percent) of each member (one for one model): balanced top-1,
+    head / medium / tail, per-class, ECE."""
     if info.distributed:
         dist_utils.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics
     preds, confs, labels = predict(model, loader, info, amp)
-    return summarize(preds, confs, labels, class_counts, data_cfg.head_threshold, data_cfg.tail_threshold)
+    if preds.ndim == 1:
+        preds, confs = preds[None], confs[None]
+    return [summarize(p, c, labels, class_counts, data_cfg.head_threshold, data_cfg.tail_threshold)
+            for p, c in zip(preds, confs)]
+
+
+def evaluate(model, loader, info, class_counts, data_cfg, amp: str = "none") -> dict:
+    """The evaluation report of one model."""
+    return evaluate_members(model, loader, info, class_counts, data_cfg, amp)[0]
 
 
 def check_class_counts(state: dict, class_counts, path: str) -> None:
@@ -109,13 +131,14 @@ def check_class_counts(state: dict, class_counts, path: str) -> None:
                         "counts); check data.name / data.imb_factor / the split lists")
 
 
-def _restore(state: dict, model, optimizer, class_counts, path: str) -> None:
-    check_class_counts(state, class_counts, path)
+def _restore(group, states: Sequence[dict], paths: Sequence[str]) -> None:
+    for state, path in zip(states, paths):
+        check_class_counts(state, group.class_counts, path)
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        group.load_members(states)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"{path} does not match this config's model or optimizer ({mismatch_reason(e)})") from None
+        where = paths[0] if len(paths) == 1 else ", ".join(paths)
+        raise UserError(f"{where} does not match this config's model or optimizer ({mismatch_reason(e)})") from None
 
 
 def _wrap_distributed(model, cfg, info):
@@ -141,97 +164,124 @@ def _wrap_distributed(model, cfg, info):
 
 def fit(cfg: Config, out_dir: str, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir` (or continue it from out_dir/last.pt); return the final report."""
-    info = dist_utils.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
+    return fit_members([cfg], [out_dir], resume)[0]
+
+
+def fit_members(cfgs: Sequence[Config], out_dirs: Sequence[str], resume: bool = False) -> List[dict]:
+    """Train one run, or several seeds of one config in one process (engine/group.py), each into
+    its own folder, exactly as if each ran alone; return their final reports."""
+    info = dist_utils.init_distributed(cfgs[0].train.device, cfgs[0].train.dist_timeout_minutes)
     try:
-        return _fit(cfg, out_dir, resume, info)
+        return _fit(list(cfgs), list(out_dirs), resume, info)
     except RuntimeError as e:
         if info.distributed and dist_utils.is_communication_failure(e):
             raise UserError(f"rank {info.rank} lost contact with another rank ({str(e).splitlines()[0][:120]}); "
-                            f"the last checkpoint in {out_dir} is kept: relaunch with --resume {out_dir}, or "
+                            f"the last checkpoint in {out_dirs[0]} is kept: relaunch with --resume {out_dirs[0]}, or "
                             "give torchrun --max-restarts N to resume automatically") from None
         raise
     finally:
         dist_utils.cleanup()
 
 
-def _fit(cfg: Config, out_dir: str, resume: bool, info) -> dict:
-    run = build_run(cfg, info.device)
-    splits, counts, model, criterion, optimizer = run.splits, run.class_counts, run.model, run.criterion, run.optimizer
+def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[dict]:
+    group = build_group(cfgs, info.device, info.distributed)
+    model, criterion, optimizer, counts = group.model, group.criterion, group.optimizer, group.class_counts
+    runs, n = group.runs, len(cfgs)
     if info.distributed:  # DRW "weights" reduction: normalise over the global batch
         criterion.process_group = torch.distributed.group.WORLD
-    ckpt_path = os.path.join(out_dir, "last.pt")
-    start_epoch, elapsed, best = 0, 0.0, None
+    ckpt_paths = [os.path.join(d, "last.pt") for d in out_dirs]
+    start_epoch, elapsed, best = 0, [0.0] * n, [None] * n
     if resume:
-        state = load_checkpoint(ckpt_path, require=TRAINING_KEYS)
-        _restore(state, model, optimizer, counts, ckpt_path)
-        start_epoch, elapsed, best = state["epoch"], state["elapsed"], state.get("best_on_test")
+        states = [load_checkpoint(p, require=TRAINING_KEYS) for p in ckpt_paths]
+        epochs = sorted({s["epoch"] for s in states})
+        if len(epochs) > 1:
+            raise UserError(f"{', '.join(out_dirs)} stopped after different epochs ({', '.join(map(str, epochs))}); "
+                            "resume them one by one")
+        _restore(group, states, ckpt_paths)
+        start_epoch = epochs[0]
+        elapsed, best = [s["elapsed"] for s in states], [s.get("best_on_test") for s in states]
         if info.is_main:
-            print(f"resuming {out_dir} after epoch {start_epoch} of {cfg.train.epochs}", flush=True)
+            for d in out_dirs:
+                print(f"resuming {d} after epoch {start_epoch} of {cfgs[0].train.epochs}", flush=True)
     elif info.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        write_yaml(os.path.join(out_dir, "config.yaml"), config_to_dict(cfg))
+        for cfg, d in zip(cfgs, out_dirs):
+            os.makedirs(d, exist_ok=True)
+            write_yaml(os.path.join(d, "config.yaml"), config_to_dict(cfg))
     dist_utils.barrier()
 
+    cfg = cfgs[0]   # the members' shared settings
     net = _wrap_distributed(model, cfg, info)
-    train_dl = train_loader(splits.train, cfg.train.batch_size, info, cfg.seed, cfg.data, cfg.train.drop_last)
-    test_dl = eval_loader(splits.test, cfg.train.eval_batch_size, info, cfg.data)
-    writer = RunWriter(out_dir, start_epoch, info.is_main)
-    report = None
+    loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
+               for r in runs]
+    train_dl = loaders[0] if n == 1 else MemberBatches(loaders)
+    test_dl = eval_loader(runs[0].splits.test, cfg.train.eval_batch_size, info, cfg.data)
+    writers = [RunWriter(d, start_epoch, info.is_main) for d in out_dirs]
+    reports = [None] * n
+    tag = (lambda k: "") if n == 1 else (lambda k: f"[seed {cfgs[k].seed}] ")
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.time()
-            values = run.epoch_values.apply(epoch, optimizer, criterion)
+            values = group.epoch_values.apply(epoch, optimizer, criterion)
             train_dl.sampler.set_epoch(epoch)
-            splits.train.set_epoch(epoch)
-            note = stop_note(ckpt_path, epoch, cfg, run.epoch_values)
-            stats = train_one_epoch(net, optimizer, criterion, train_dl, epoch, cfg.train, info, note)
-            check_finite_state(model, optimizer, epoch, note)   # never log or save NaN weights
+            for r in runs:
+                r.splits.train.set_epoch(epoch)
+            notes = [tag(k) + stop_note(p, epoch, cfg, group.epoch_values) for k, p in enumerate(ckpt_paths)]
+            stats = train_one_epoch(net, optimizer, criterion, train_dl, epoch, cfg.train, info, notes)
+            check_finite_state(model, optimizer, epoch, "; ".join(notes))   # never log or save NaN weights
             last = epoch == cfg.train.epochs - 1
-            report = evaluate(model, test_dl, info, counts, cfg.data, cfg.train.amp) \
-                if last or (epoch + 1) % cfg.train.eval_every == 0 else None
-            if report is not None:
-                check_finite_report(report, note)   # NaN outputs from finite weights (e.g. BN statistics)
-            if report is not None and (best is None or report["top1"] > best["top1"]):
-                best = {"top1": report["top1"], "epoch": epoch}
+            reports = evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp) \
+                if last or (epoch + 1) % cfg.train.eval_every == 0 else [None] * n
             seconds = time.time() - t0
-            elapsed += seconds
-            row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats,
-                   **{k: (report or {}).get(k) for k in ("top1", "head", "medium", "tail", "ece")},
-                   "epoch_seconds": seconds}
-            writer.log_epoch(row)
-            if info.is_main:
-                _print_epoch(row, cfg.train.epochs)
-                save_checkpoint(ckpt_path, {"epoch": epoch + 1, "elapsed": elapsed, "model": model.state_dict(),
-                                            "optimizer": optimizer.state_dict(), "class_counts": list(counts),
-                                            "config": config_to_dict(cfg), "best_on_test": best})
-        if report is None:  # resumed a finished run: evaluate the final weights again
-            report = evaluate(model, test_dl, info, counts, cfg.data, cfg.train.amp)
+            for k, report in enumerate(reports):
+                if report is not None:
+                    check_finite_report(report, notes[k])   # NaN outputs from finite weights (e.g. BN statistics)
+                if report is not None and (best[k] is None or report["top1"] > best[k]["top1"]):
+                    best[k] = {"top1": report["top1"], "epoch": epoch}
+                elapsed[k] += seconds
+                row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats[k],
+                       **{key: (report or {}).get(key) for key in ("top1", "head", "medium", "tail", "ece")},
+                       "epoch_seconds": seconds}
+                writers[k].log_epoch(row)
+                if info.is_main:
+                    _print_epoch(row, cfg.train.epochs, tag(k))
+                    model_state, optimizer_state = group.member_state(k)
+                    save_checkpoint(ckpt_paths[k], {"epoch": epoch + 1, "elapsed": elapsed[k], "model": model_state,
+                                                    "optimizer": optimizer_state, "class_counts": list(counts),
+                                                    "config": config_to_dict(cfgs[k]), "best_on_test": best[k]})
+        if reports[0] is None:  # resumed a finished run: evaluate the final weights again
+            reports = evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp)
     finally:
-        writer.close()
-    final = {**report, "class_counts": list(counts), "class_names": splits.class_names, "epochs": cfg.train.epochs,
-             "wall_seconds": elapsed, "seconds_per_epoch": elapsed / max(1, cfg.train.epochs),
-             "best_on_test": best, "world_size": info.world_size, "device": str(info.device),
-             "git_revision": git_revision(),
-             "run": {"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
-                     "optim": cfg.optim.name, "seed": cfg.seed}}
-    check_finite_report(final, note if cfg.train.epochs > start_epoch else "the checkpoint is not usable")
-    if info.is_main:
-        write_json(os.path.join(out_dir, "final.json"), final)
-        print(f"final: top1 {final['top1']:.2f}  head {_fmt(final['head'])}  medium {_fmt(final['medium'])}  "
-              f"tail {_fmt(final['tail'])}  ece {final['ece']:.2f}  -> {os.path.join(out_dir, 'final.json')}",
-              flush=True)
-    return final
+        for w in writers:
+            w.close()
+    finals = []
+    for k, (report, d) in enumerate(zip(reports, out_dirs)):
+        final = {**report, "class_counts": list(counts), "class_names": runs[k].splits.class_names,
+                 "epochs": cfg.train.epochs, "wall_seconds": elapsed[k],
+                 "seconds_per_epoch": elapsed[k] / max(1, cfg.train.epochs), "best_on_test": best[k],
+                 "world_size": info.world_size, "device": str(info.device), "git_revision": git_revision(),
+                 "run": {"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+                         "optim": cfg.optim.name, "seed": cfgs[k].seed}}
+        if n > 1:   # its seconds are the group's: say so beside them
+            final["trained_with_seeds"] = [c.seed for c in cfgs]
+        check_finite_report(final, notes[k] if cfg.train.epochs > start_epoch else "the checkpoint is not usable")
+        if info.is_main:
+            write_json(os.path.join(d, "final.json"), final)
+            print(f"{tag(k)}final: top1 {final['top1']:.2f}  head {_fmt(final['head'])}  medium {_fmt(final['medium'])}  "
+                  f"tail {_fmt(final['tail'])}  ece {final['ece']:.2f}  -> {os.path.join(d, 'final.json')}",
+                  flush=True)
+        finals.append(final)
+    return finals
 
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _print_epoch(row: dict, epochs: int) -> None:
+def _print_epoch(row: dict, epochs: int, tag: str = "") -> None:
     rho = "" if row["rho"] is None else f" rho {row['rho']:.3g}"
     test = "" if row["top1"] is None else (f" | top1 {row['top1']:.2f} head {_fmt(row['head'])} "
                                            f"med {_fmt(row['medium'])} tail {_fmt(row['tail'])}")
-    print(f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g}{rho} loss {row['train_loss']:.4f} "
+    print(f"{tag}epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g}{rho} loss {row['train_loss']:.4f} "
           f"train {row['train_acc']:.2f}%{test} ({row['epoch_seconds']:.1f}s)", flush=True)
 
 

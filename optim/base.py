@@ -89,6 +89,10 @@ class SharpnessOptimizer(torch.optim.Optimizer):
             whole multi-pass step: unscale before the norm, skip the step on inf/NaN, update once).
     """
 
+    # Whether `step` trains a stacked model (models/stacked.py) member by member exactly: only
+    # an optimizer whose step takes every non-elementwise quantity per member may say True.
+    stackable = False
+
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, rho: float = 0.05, bn_mode: str = "update",
                  exclude_bn_bias: bool = False, perturbation: str = "global", amp: str = "none"):
@@ -116,6 +120,29 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         if state_dict.get("scaler"):
             self.scaler.load_state_dict(state_dict["scaler"])
+
+    def member_state_dict(self, k: int) -> dict:
+        """Member k's state_dict when the optimizer steps a stacked model: the state of the
+        optimizer it would have alone (per-parameter tensors sliced at k), loadable by one."""
+        state = self.state_dict()
+        base = state["base"]
+        sliced = {i: {key: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for key, v in st.items()}
+                  for i, st in base["state"].items()}
+        return {"base": {"state": sliced, "param_groups": base["param_groups"]}, "scaler": state["scaler"]}
+
+    def load_member_state_dicts(self, states: Sequence[dict]) -> None:
+        """The inverse: one state_dict per member (as `member_state_dict` writes them, or a run's
+        own), stacked and loaded. Hyper-parameters (param groups) are member 0's."""
+        first = states[0]["base"]
+        stacked = {}
+        for i, st in first["state"].items():
+            per = [s["base"]["state"].get(i) for s in states]
+            if any(p is None for p in per):
+                raise ValueError(f"parameter {i} has optimizer state in some members' checkpoints only")
+            stacked[i] = {key: (torch.stack([p[key] for p in per]) if torch.is_tensor(v) and v.dim() > 0 else v)
+                          for key, v in st.items()}
+        self.load_state_dict({"base": {"state": stacked, "param_groups": first["param_groups"]},
+                              "scaler": states[0].get("scaler")})
 
     # ------------------------------------------------------------------ parameters
     def trainable(self) -> List[nn.Parameter]:
@@ -223,6 +250,8 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         return True
 
     def check_members(self, model) -> None:
+        if members(model) and not self.stackable:
+            raise ValueError(f"{type(self).__name__} cannot train stacked models (its step is not taken per member)")
         if members(model) and self.scaler.is_enabled():
             raise ValueError("amp='fp16' cannot train stacked models (one loss scale and its skipped steps "
                              "would be shared by every member); use 'bf16' or 'none'")

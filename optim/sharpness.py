@@ -35,6 +35,7 @@ from optim.class_weights import focal_sam_weights, imbsam_weights, sam_weights, 
 
 class WeightedSAM(SharpnessOptimizer):
     """The one update. `clean_weight` / `sharp_weight`: per-class vectors (C,) or scalars."""
+    stackable = True
 
     def __init__(self, params, lr: float, clean_weight, sharp_weight, clean_backward: str = "separate", **kwargs):
         if clean_backward not in ("separate", "batched"):

@@ -178,7 +178,7 @@ def test_command_line_mistakes(tiny, tmp_path, capsys):
     assert_one_line(train(capsys), "give --config FILE")
     assert_one_line(call(eval_cli.main, [], capsys), "--checkpoint")
     assert_one_line(train(capsys, "--resume", tmp_path / "none"), "nothing to resume")
-    assert_one_line(train(capsys, "--resume", tmp_path, "--set", "seed=1"), "drop --config and --set")
+    assert_one_line(train(capsys, "--resume", tmp_path, "--set", "seed=1"), "drop --config, --set and --seeds")
     if not torch.backends.mps.is_available():
         assert_one_line(train(capsys, "--config", tiny, "--out", tmp_path / "r", "--set", "train.device=mps"),
                         "no Apple GPU")

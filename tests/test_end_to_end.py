@@ -87,7 +87,7 @@ def test_resume_via_cli_and_its_errors(tiny_config, tmp_path):
     proc = run_cli("train.py", "--resume", str(out))
     assert proc.returncode == 0, proc.stderr   # a finished run: evaluates again, rewrites final.json
     assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "none")), "nothing to resume")
-    assert_one_line_error(run_cli("train.py", "--resume", str(out), "--set", "train.epochs=3"), "drop --config and --set")
+    assert_one_line_error(run_cli("train.py", "--resume", str(out), "--set", "train.epochs=3"), "drop --config, --set and --seeds")
 
 
 def test_bad_inputs_give_one_line(tiny_config, tmp_path):

@@ -129,3 +129,109 @@ def test_member_state_round_trip_and_bad_inputs():
         SAM(stacked.parameters(), lr=0.1, amp="fp16").step(
             stacked, torch.zeros(2, 2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.long),
             nn.CrossEntropyLoss(reduction="none"))
+
+
+# ---------------------------------------------------------------------------------- the trainer
+import json  # noqa: E402
+
+from conftest import assert_one_line_error, run_cli  # noqa: E402
+from engine import trainer  # noqa: E402
+from engine.config import load_config  # noqa: E402
+
+# float32 training: rounding differences (grouped vs plain convolutions) grow over the steps of
+# two epochs; 1e-4 relative is far below any real difference between two runs.
+RTOL = 1e-4
+
+
+def _ckpt(folder):
+    return torch.load(folder / "last.pt", weights_only=True)
+
+
+def _assert_same_run(mine, ref):
+    """Two run folders: weights, BN statistics, momentum, per-epoch losses, final metrics."""
+    a, b = _ckpt(mine), _ckpt(ref)
+    assert a["epoch"] == b["epoch"]
+    for key, t in b["model"].items():
+        if t.is_floating_point():
+            torch.testing.assert_close(a["model"][key], t, rtol=RTOL, atol=RTOL, msg=key)
+        else:
+            assert torch.equal(a["model"][key], t), key          # num_batches_tracked: exactly
+    for i, st in b["optimizer"]["base"]["state"].items():
+        torch.testing.assert_close(a["optimizer"]["base"]["state"][i]["momentum_buffer"], st["momentum_buffer"],
+                                   rtol=RTOL, atol=RTOL)
+    assert a["optimizer"]["base"]["param_groups"] == b["optimizer"]["base"]["param_groups"]
+    rows = [[json.loads(l) for l in (f / "metrics.jsonl").read_text().splitlines()] for f in (mine, ref)]
+    assert [r["epoch"] for r in rows[0]] == [r["epoch"] for r in rows[1]]
+    for r0, r1 in zip(*rows):
+        assert r0["train_loss"] == pytest.approx(r1["train_loss"], rel=RTOL)
+        assert r0["train_acc"] == r1["train_acc"] and r0["top1"] == r1["top1"]
+    f0, f1 = (json.loads((f / "final.json").read_text()) for f in (mine, ref))
+    for key in ("top1", "head", "medium", "tail", "per_class_acc"):
+        assert f0[key] == f1[key], key
+    assert f0["ece"] == pytest.approx(f1["ece"], abs=1e-3)
+    assert f0["run"] == f1["run"]
+
+
+@pytest.mark.parametrize("optim", [None, {"name": "imbsam", "lr": 0.05, "rho": 0.05, "eta": 10}],
+                         ids=["focal_sam-workers", "imbsam"])
+def test_seeds_in_one_process_equal_separate_runs(tiny_config, tmp_path, optim):
+    """Two seeds trained together equal each seed trained alone; the members' checkpoints are
+    ordinary runs (resumable alone), and an interrupted group resumes to the same end."""
+    path = tiny_config({"data": {"num_workers": 1 if optim is None else 0}}, replace={"optim": optim} if optim else None)
+    cfgs = [load_config(path, [f"seed={s}", "train.epochs=2"]) for s in (0, 1)]
+    for cfg, s in zip(cfgs, (0, 1)):
+        trainer.fit(cfg, str(tmp_path / f"alone{s}"))
+    finals = trainer.fit_members(cfgs, [str(tmp_path / f"group{s}") for s in (0, 1)])
+    assert [f["run"]["seed"] for f in finals] == [0, 1] and finals[0]["trained_with_seeds"] == [0, 1]
+    for s in (0, 1):
+        _assert_same_run(tmp_path / f"group{s}", tmp_path / f"alone{s}")
+
+
+def test_interrupted_seeds_resume_together_or_alone(tiny_config, tmp_path, monkeypatch):
+    cfgs = [load_config(tiny_config(), [f"seed={s}", "train.epochs=2"]) for s in (3, 4)]
+    full = [str(tmp_path / f"full{s}") for s in (3, 4)]
+    trainer.fit_members(cfgs, full)
+    real = trainer.train_one_epoch
+
+    def crash_in_epoch_1(*args, **kwargs):
+        if args[4] == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    cut = [str(tmp_path / f"cut{s}") for s in (3, 4)]
+    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit_members(cfgs, cut)
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    import shutil
+    shutil.copytree(cut[1], tmp_path / "alone4")
+    saved = [load_config(str(tmp_path / f"cut{s}" / "config.yaml")) for s in (3, 4)]
+    trainer.fit_members(saved, cut, resume=True)
+    for s in (3, 4):                       # together: bit for bit the uninterrupted group
+        a, b = _ckpt(tmp_path / f"cut{s}"), _ckpt(tmp_path / f"full{s}")
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+    trainer.fit(saved[1], str(tmp_path / "alone4"), resume=True)     # alone: an ordinary run
+    _assert_same_run(tmp_path / "alone4", tmp_path / "full4")
+
+
+def test_seeds_cli_and_its_errors(tiny_config, tmp_path):
+    cfg = tiny_config({"train": {"epochs": 1}})
+    out = str(tmp_path / "r-{seed}")
+    proc = run_cli("train.py", "--config", cfg, "--seeds", "5", "6", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "[seed 5] final: top1" in proc.stdout and "[seed 6] final: top1" in proc.stdout
+    for s in (5, 6):
+        assert json.loads((tmp_path / f"r-{s}" / "final.json").read_text())["run"]["seed"] == s
+    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--out", str(tmp_path / "x")),
+                          "pattern holding {seed}")
+    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "1", "--out", out), "seed twice")
+    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "seed=3"),
+                          "--seeds only")
+    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "5", "7", "--out", out),
+                          "already holds a run", "r-5")
+    cc = tiny_config(replace={"optim": {"name": "cc_sam", "lr": 0.05, "rho": 0.5}}, name="cc.yaml")
+    assert_one_line_error(run_cli("train.py", "--config", cc, "--seeds", "1", "2", "--out", str(tmp_path / "c{seed}")),
+                          "optim.name=cc_sam", "one run per seed")
+    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "train.amp=fp16",
+                                  "--out", str(tmp_path / "f{seed}")), "train.amp", "bf16")
+    assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "r-5"), str(tmp_path / "r-5")), "twice")
