@@ -9,6 +9,8 @@ YAML `optim.name` -> builder(options, params, class_counts, amp) -> optimizer. A
 one file (its class and an options class whose fields are its constructor's keyword arguments,
 extending `optim.base.OptimOptions`, `RhoOptions` or `PerturbOptions`) plus one line here.
 """
+from functools import partial
+
 from core.registry import Component, lookup
 from optim.base import OptimOptions, PerturbOptions, RhoOptions, SharpnessOptimizer, constructor_args
 from optim.ccsam import CCSAM, CCSAMOptions
@@ -17,9 +19,13 @@ from optim.schedules import cosine_lr, piecewise_rho
 from optim.sharpness import SAM, SGD, FocalSAM, FocalSAMOptions, ImbSAM, ImbSAMOptions, WeightedSAM
 
 
+def _build(cls, o, params, counts, amp):
+    return cls(params, class_counts=counts, amp=amp, **constructor_args(o))
+
+
 def _optimizer(cls):
     """Builder: the class counts, the precision and every option but the name and rho schedule."""
-    return lambda o, params, counts, amp: cls(params, class_counts=counts, amp=amp, **constructor_args(o))
+    return partial(_build, cls)
 
 
 OPTIMIZERS = {
@@ -30,6 +36,11 @@ OPTIMIZERS = {
     "cc_sam": Component(_optimizer(CCSAM), CCSAMOptions),
     "random_sam": Component(_optimizer(RandomSAM), RandomSAMOptions),   # the README's worked example
 }
+
+
+def optimizer_class(name: str) -> type:
+    """The class behind `optim.name` (e.g. to ask whether it is `stackable`)."""
+    return lookup(OPTIMIZERS, name, "optim.name", "optimizer").build.args[0]
 
 
 def build_optimizer(options: OptimOptions, params, class_counts, amp: str = "none") -> SharpnessOptimizer:

@@ -59,6 +59,46 @@ def command(run: Run, folder: str, resume: bool = False, python: str = sys.execu
         [a for s in sets for a in ("--set", s)]
 
 
+def jobs(runs: Sequence[Run], out_root: str, stack_seeds: bool) -> List[List[Run]]:
+    """What one process runs: each run alone; with `stack_seeds`, the runs that start anew
+    (state new or retry) with one config and one set of overrides, one process each, train their
+    seeds together in one process (`train.py --seeds`, engine/group.py). Half-finished runs resume
+    alone (the seeds of one row may have stopped after different epochs)."""
+    out = []
+    groups: Dict[tuple, List[Run]] = {}
+    for run in runs:
+        stackable = (stack_seeds and run.kind == "train" and run.procs == 1 and run.key.endswith(f"seed{run.seed}")
+                     and run_state(os.path.join(out_root, run.key), run.done_file) in ("new", "retry")
+                     and _stackable(run))
+        if not stackable:
+            out.append([run])
+            continue
+        k = (run.config, run.sets, run.key[:-len(f"seed{run.seed}")])
+        if k not in groups:
+            groups[k] = []
+            out.append(groups[k])
+        groups[k].append(run)
+    return out
+
+
+def _stackable(run: Run) -> bool:
+    from engine.config import load_config
+    from engine.group import why_not_stackable
+    return not why_not_stackable(load_config(os.path.join(ROOT, run.config), [f"seed={run.seed}", *run.sets]))
+
+
+def job_command(job: List[Run], out_root: str, resume: bool = False, python: str = sys.executable,
+                bench_args: Sequence[str] = ()) -> List[str]:
+    """The command of a job: `command` for one run; for seeds trained together, train.py --seeds
+    with the folder pattern of their keys."""
+    first = job[0]
+    if len(job) == 1:
+        return command(first, os.path.join(out_root, first.key), resume, python, bench_args)
+    pattern = os.path.join(out_root, first.key[:-len(f"seed{first.seed}")] + "seed{seed}")
+    return [python, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, first.config),
+            "--out", pattern, "--seeds", *[str(r.seed) for r in job]] + [a for s in first.sets for a in ("--set", s)]
+
+
 @dataclasses.dataclass
 class Slots:
     """Devices and how many runs each holds at once. A run of n > 1 processes takes n whole
@@ -106,18 +146,25 @@ def _last_line(path: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
-def _launch(run: Run, folder: str, cmd: List[str], devices: List[str]) -> subprocess.Popen:
-    os.makedirs(folder, exist_ok=True)
+def _launch(job: List[Run], out_root: str, cmd: List[str], devices: List[str]) -> subprocess.Popen:
+    """Start a job; its output goes to its first run's log, the other runs' logs point there."""
+    folders = [os.path.join(out_root, r.key) for r in job]
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = "" if devices == ["cpu"] else ",".join(devices)
-    try:
-        os.remove(os.path.join(folder, FAILED))
-    except FileNotFoundError:
-        pass
-    with open(os.path.join(folder, COMMAND), "w") as f:
-        json.dump({"argv": cmd, "devices": devices}, f)
-    log = open(os.path.join(folder, LOG), "a")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} devices={','.join(devices)}: {shlex.join(cmd)}\n")
+    stamp = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} devices={','.join(devices)}: {shlex.join(cmd)}\n"
+    for k, folder in enumerate(folders):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            os.remove(os.path.join(folder, FAILED))
+        except FileNotFoundError:
+            pass
+        with open(os.path.join(folder, COMMAND), "w") as f:
+            json.dump({"argv": cmd, "devices": devices}, f)
+        if k:
+            with open(os.path.join(folder, LOG), "a") as f:
+                f.write(stamp + f"(trained together with {job[0].key}: its output is in {folders[0]}/{LOG})\n")
+    log = open(os.path.join(folders[0], LOG), "a")
+    log.write(stamp)
     log.flush()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     proc.log_file = log
@@ -125,10 +172,11 @@ def _launch(run: Run, folder: str, cmd: List[str], devices: List[str]) -> subpro
 
 
 def execute(runs: List[Run], out_root: str, slots: Slots, say=print, poll: float = 0.5,
-            bench_args: Sequence[str] = ()) -> Dict[str, List[str]]:
-    """Run what is not done yet; -> {'done', 'skipped', 'failed'} lists of run keys."""
+            bench_args: Sequence[str] = (), stack_seeds: bool = False) -> Dict[str, List[str]]:
+    """Run what is not done yet; -> {'done', 'skipped', 'failed'} lists of run keys. With
+    `stack_seeds`, a row's new seeds train together in one process (`jobs`)."""
     result = {"done": [], "skipped": [], "failed": []}
-    pending = []
+    todo = []
     for run in runs:
         folder = os.path.join(out_root, run.key)
         if run_state(folder, run.done_file) == "done":
@@ -137,49 +185,52 @@ def execute(runs: List[Run], out_root: str, slots: Slots, say=print, poll: float
             _fail(folder, f"needs {run.procs} GPUs at once, GPUS lists {len(slots.devices)}; "
                           f"list more GPUS or set PROCS_PER_RUN", result, run, say)
         else:
-            pending.append(run)
-    say(f"{len(runs)} runs: {len(result['skipped'])} done already, {len(pending)} to run "
-        f"on {','.join(slots.devices)} ({slots.per_device} per device)")
-    running = []  # (proc, run, devices, started)
+            todo.append(run)
+    pending = jobs(todo, out_root, stack_seeds)
+    say(f"{len(runs)} runs: {len(result['skipped'])} done already, {len(todo)} to run "
+        f"on {','.join(slots.devices)} ({slots.per_device} per device"
+        + (f"; {len(pending)} processes, a row's seeds together" if stack_seeds else "") + ")")
+    running = []  # (proc, job, devices, started)
     try:
         while pending or running:
             i = 0
             while i < len(pending):
-                devices = slots.take(pending[i].procs)
+                devices = slots.take(pending[i][0].procs)
                 if devices is None:
                     i += 1
                     continue
-                run = pending.pop(i)
-                folder = os.path.join(out_root, run.key)
-                resume = run_state(folder, run.done_file) == "resume"
-                cmd = command(run, folder, resume, bench_args=bench_args)
-                say(f"[start{' resume' if resume else ''}] {run.key} on {','.join(devices)}")
-                running.append((_launch(run, folder, cmd, devices), run, devices, time.time()))
+                job = pending.pop(i)
+                resume = len(job) == 1 and run_state(os.path.join(out_root, job[0].key), job[0].done_file) == "resume"
+                cmd = job_command(job, out_root, resume, bench_args=bench_args)
+                say(f"[start{' resume' if resume else ''}] {' + '.join(r.key for r in job)} on {','.join(devices)}")
+                running.append((_launch(job, out_root, cmd, devices), job, devices, time.time()))
             time.sleep(poll)
             for item in list(running):
-                proc, run, devices, started = item
+                proc, job, devices, started = item
                 if proc.poll() is None:
                     continue
                 running.remove(item)
                 proc.log_file.close()
-                slots.give(devices, run.procs)
-                folder = os.path.join(out_root, run.key)
+                slots.give(devices, job[0].procs)
                 minutes = (time.time() - started) / 60
-                if proc.returncode == 0 and run_state(folder, run.done_file) == "done":
-                    result["done"].append(run.key)
-                    say(f"[done] {run.key} ({minutes:.1f} min)")
-                else:
-                    line = _last_line(os.path.join(folder, LOG))
-                    _fail(folder, f"exit {proc.returncode}: {line}", result, run, say)
+                line = None
+                for run in job:
+                    folder = os.path.join(out_root, run.key)
+                    if proc.returncode == 0 and run_state(folder, run.done_file) == "done":
+                        result["done"].append(run.key)
+                        say(f"[done] {run.key} ({minutes:.1f} min)")
+                    else:
+                        line = line if line is not None else _last_line(os.path.join(out_root, job[0].key, LOG))
+                        _fail(folder, f"exit {proc.returncode}: {line}", result, run, say)
     except KeyboardInterrupt:
-        for proc, run, _, _ in running:
+        for proc, _, _, _ in running:
             proc.terminate()  # the trainer keeps its last checkpoint; the next sitting resumes it
         for proc, _, _, _ in running:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        say(f"interrupted: {len(running)} runs stopped, {len(pending)} not started; "
+        say(f"interrupted: {len(running)} processes stopped, {len(pending)} not started; "
             "run the same command again to resume them")
         raise
     return result

@@ -17,17 +17,19 @@ A benchmark, not a test: the figures depend on the machine and what else runs on
 Two more modes run the real training path (the run's loaders, `train_one_epoch`, `evaluate`):
 
     python scripts/bench_step.py --mode epoch --set data.root=DIR        # one real epoch per optimizer
-    python scripts/bench_step.py --mode throughput --runs 1,2,4,8,16     # N concurrent runs on one device
+    python scripts/bench_step.py --mode throughput --runs 1,2,4,8,16     # N runs at once on one device
 
 `epoch`: train + test seconds of the last of `--epochs` epochs per optimizer (one optimizer after
 the other, not interleaved), the ratio to SAM, and the paper's Table 1 (RTX 3090) beside them;
 with train.max_steps_per_epoch set, the training part is extrapolated to the full epoch (said so
-in the table). `throughput`: N independent processes, each a run of the first optimizer on the
-real data path, warm up, start together and time `--steps` steps; prints steps/s of the device,
+in the table). `throughput`: N runs of the first optimizer on the real data path, as N processes
+and as one process training them stacked (`train.py --seeds`; `--pack`), warm up, start together
+and time `--steps` steps; prints run-steps/s of the device,
 runs per hour and the hours for the CIFAR tables' runs, a PROJECTION from those steps (training
 steps only, no evaluation).
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -46,6 +48,7 @@ from engine.config import load_config
 from engine.distributed import DistInfo, pick_device
 from engine.report import write_json
 from engine.loaders import eval_loader, train_loader
+from engine.group import MemberBatches, build_group
 from engine.trainer import _wrap_distributed, evaluate, train_one_epoch
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
@@ -187,21 +190,27 @@ def epoch_mode(args, cfgs, device) -> dict:
 
 # ------------------------------------------------------------------------------ --mode throughput
 def worker_mode(args, cfgs, device) -> None:
-    """One run of the first config: warm up, say "ready", wait for "go", time --steps steps."""
+    """`--members` runs of the first config (seeds 0..N-1) in this process, as `train.py --seeds`
+    trains them (stacked when N > 1): warm up, say "ready", wait for "go", time --steps steps."""
     cfg = next(iter(cfgs.values()))
-    run, net, train_dl, _, info = real_run(cfg, device)
-    run.epoch_values.apply(0, run.optimizer, run.criterion)
+    info = DistInfo(device=device)
+    group = build_group([dataclasses.replace(cfg, seed=s) for s in range(args.members)], device)
+    net = _wrap_distributed(group.model, cfg, info)
+    loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
+               for r in group.runs]
+    train_dl = loaders[0] if len(loaders) == 1 else MemberBatches(loaders)
+    group.epoch_values.apply(0, group.optimizer, group.criterion)
     batches = iter(cycle(train_dl))
     for _ in range(args.warmup):
-        run.optimizer.step(net, *next_on(batches, device), run.criterion)
+        group.optimizer.step(net, *next_on(batches, device), group.criterion)
     sync(device)
     print("ready", flush=True)
     sys.stdin.readline()
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        run.optimizer.step(net, *next_on(batches, device), run.criterion)
+        group.optimizer.step(net, *next_on(batches, device), group.criterion)
     sync(device)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "steps": args.steps,
+    print(json.dumps({"seconds": time.perf_counter() - t0, "steps": args.steps * args.members,
                       "steps_per_epoch": len(train_dl), "epochs": cfg.train.epochs}), flush=True)
 
 
@@ -218,15 +227,17 @@ def next_on(batches, device):
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def concurrent(args, n: int) -> list:
-    """Start n workers, release them together once all are warm, return their reports."""
-    threads = max(1, (os.cpu_count() or 1) // n)
+def concurrent(args, n: int, pack: str) -> list:
+    """n runs: n worker processes of one run each ("process"), or one process training the n
+    runs stacked ("stacked"); release them together once all are warm, return their reports."""
+    procs_n, members = (n, 1) if pack == "process" else (1, n)
+    threads = max(1, (os.cpu_count() or 1) // procs_n)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, os.path.abspath(__file__), "--mode", "worker", "--dataset", args.dataset,
            "--optimizers", args.optimizers[0], "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device] + [a for kv in args.set for a in ("--set", kv)]
+           "--members", str(members), "--device", args.device] + [a for kv in args.set for a in ("--set", kv)]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-             for _ in range(n)]
+             for _ in range(procs_n)]
     for p in procs:
         line = p.stdout.readline()
         if line.strip() != "ready":
@@ -243,18 +254,23 @@ def concurrent(args, n: int) -> list:
 def throughput_mode(args, cfgs, device) -> dict:
     rows = {}
     for n in [int(v) for v in args.runs.split(",")]:
-        reports = concurrent(args, n)
-        wall = max(r["seconds"] for r in reports)
-        steps_s = sum(r["steps"] for r in reports) / wall
-        run_steps = reports[0]["steps_per_epoch"] * reports[0]["epochs"]
-        per_hour = steps_s * 3600 / run_steps
-        rows[n] = {"steps_per_s": steps_s, "runs_per_hour": per_hour, "table_hours": CIFAR_TABLE_RUNS / per_hour}
+        for pack in args.pack.split(","):
+            if n == 1 and pack == "stacked" and "process" in args.pack:
+                continue   # one run: both packings are the same process
+            reports = concurrent(args, n, pack)
+            wall = max(r["seconds"] for r in reports)
+            steps_s = sum(r["steps"] for r in reports) / wall
+            run_steps = reports[0]["steps_per_epoch"] * reports[0]["epochs"]
+            per_hour = steps_s * 3600 / run_steps
+            rows[f"{n} {pack}"] = {"runs": n, "pack": pack, "steps_per_s": steps_s, "runs_per_hour": per_hour,
+                                   "table_hours": CIFAR_TABLE_RUNS / per_hour}
     print(f"{describe_device(device)}, {args.dataset}, {args.optimizers[0]}, {args.steps} timed steps per "
-          f"run after {args.warmup} warm-up steps; runs/hour and table hours are a PROJECTION (training steps only)")
-    print(f"| concurrent runs | steps/s (all) | runs/hour (projected) | {CIFAR_TABLE_RUNS} runs, hours (projected) |")
-    print("|---|---|---|---|")
-    for n, r in rows.items():
-        print(f"| {n} | {r['steps_per_s']:.2f} | {r['runs_per_hour']:.3f} | {r['table_hours']:.0f} |")
+          f"process after {args.warmup} warm-up steps; runs/hour and table hours are a PROJECTION (training steps "
+          "only); process: N processes of one run, stacked: one process training the N runs together")
+    print(f"| runs | packing | run-steps/s (all) | runs/hour (projected) | {CIFAR_TABLE_RUNS} runs, hours (projected) |")
+    print("|---|---|---|---|---|")
+    for r in rows.values():
+        print(f"| {r['runs']} | {r['pack']} | {r['steps_per_s']:.2f} | {r['runs_per_hour']:.3f} | {r['table_hours']:.0f} |")
     return rows
 
 
@@ -309,10 +325,21 @@ def main(argv=None):
                     help="step: synthetic batches, interleaved; epoch: real epochs; throughput: N concurrent runs")
     ap.add_argument("--epochs", type=at_least(1), default=1, help="--mode epoch: epochs per optimizer, the last one timed")
     ap.add_argument("--runs", default="1,2,4,8,16", help="--mode throughput: numbers of concurrent runs")
+    ap.add_argument("--pack", default="process,stacked", type=pack_names,
+                    help="--mode throughput: how N runs share the device: process (N processes), stacked "
+                         "(one process, train.py --seeds), or both")
+    ap.add_argument("--members", type=at_least(1), default=1, help=argparse.SUPPRESS)   # worker: runs in it
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     with user_errors():
         run_benchmark(args)
+
+
+def pack_names(text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in ("process", "stacked") for n in names):
+        raise argparse.ArgumentTypeError(f"expected process, stacked or process,stacked, got {text!r}")
+    return ",".join(names)
 
 
 def optimizer_names(text: str) -> list:

@@ -9,6 +9,7 @@ SEEDS=${SEEDS:-"0 1 2"}               # one run per seed; cells show mean ± std
 GPUS=${GPUS:-all}                     # all | cpu | ids, e.g. "0 1 2 3"
 RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4 on GPUs, 1 on the CPU)
 PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
+STACK_SEEDS=${STACK_SEEDS:-0}         # 1: a row's new seeds train together in one process (train.py --seeds)
 ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
 SMOKE=${SMOKE:-0}                      # 1: synthetic data, 2 tiny epochs per run (a CPU check of the pipeline)
 DRY_RUN=${DRY_RUN:-0}                  # 1: print every run's exact command and state, run nothing
@@ -24,6 +25,7 @@ args=("${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS" --gpus "$GPUS")
 [ -n "${PROCS_PER_RUN:-}" ] && args+=(--procs-per-run "$PROCS_PER_RUN")
 [ -n "${ROWS:-}" ] && args+=(--rows "$ROWS")
 [ "$SMOKE" = 1 ] && args+=(--smoke)
+[ "$STACK_SEEDS" = 1 ] && args+=(--stack-seeds)
 if [ "$DRY_RUN" = 1 ]; then
   exec "$PYTHON" scripts/run_table.py "${args[@]}" --dry-run
 fi

@@ -4,6 +4,7 @@
     python scripts/run_table.py --table 5 --dry-run              # list the runs and their state
     python scripts/run_table.py --table 5 --seeds "0 1 2" --gpus "0 1" --runs-per-gpu 4
     python scripts/run_table.py --table 2 --smoke --seeds 0      # synthetic data, 2 tiny epochs
+    python scripts/run_table.py --table 5 --stack-seeds          # a row's seeds in one process
     python scripts/run_table.py --table 9 --table 10 --rows '^LA[+]SAM$'   # tables together; rows by name
 
 Finished runs are skipped and half-finished ones resumed, so a table fills over several sittings;
@@ -72,6 +73,9 @@ def main(argv=None):
                                                                 "(default 4 on GPUs, 1 on the CPU)")
     ap.add_argument("--procs-per-run", type=int, default=0, help="processes per run (default: the "
                                                                  "table's, e.g. 2 GPUs for ImageNet-LT)")
+    ap.add_argument("--stack-seeds", action="store_true",
+                    help="train each row's new seeds together in one process (train.py --seeds) instead of one "
+                         "process per seed; measure which is faster on your GPU with bench_step.py --mode throughput")
     ap.add_argument("--smoke", action="store_true", help="synthetic data, 2 epochs of 2 steps (repro/spec.py SMOKE_SETS)")
     ap.add_argument("--dry-run", action="store_true", help="list every run with its config, seed, folder and state")
     ap.add_argument("--rows", default="", help="only the rows whose name matches this regular expression "
@@ -115,23 +119,28 @@ def main(argv=None):
 
         if args.dry_run:
             states = {}
-            for run in runs:
-                folder = os.path.join(out_root, run.key)
-                state = runner.run_state(folder, run.done_file)
-                states[state] = states.get(state, 0) + 1
-                cmd = runner.command(run, folder, resume=state == "resume", python="python", bench_args=bench_args)
-                print(f"{state:6} seed {run.seed}  {run.config}  -> {folder}")
+            jobs = runner.jobs(runs, out_root, args.stack_seeds and not timing)
+            for job in jobs:
+                for run in job:
+                    folder = os.path.join(out_root, run.key)
+                    state = runner.run_state(folder, run.done_file)
+                    states[state] = states.get(state, 0) + 1
+                    print(f"{state:6} seed {run.seed}  {run.config}  -> {folder}")
+                resume = len(job) == 1 and state == "resume"
+                cmd = runner.job_command(job, out_root, resume, python="python", bench_args=bench_args)
                 print(f"       {shlex.join(cmd)}")
             summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
             print("\n".join(t.title for t in chosen) + f"\n{len(runs)} runs ({summary}) under {out_root}"
-                  + (f"; {len(cells)} table cells" if cells is not None else ""))
+                  + (f"; {len(cells)} table cells" if cells is not None else "")
+                  + (f"; {len(jobs)} processes" if len(jobs) != len(runs) else ""))
             return 0
 
         devices = detect_gpus(args.gpus)
         per = args.runs_per_gpu or (1 if devices == ["cpu"] else 4)
         if timing:  # timings want the device to themselves
             devices, per = devices[:1], 1
-        result = runner.execute(runs, out_root, runner.Slots(devices, per), bench_args=bench_args)
+        result = runner.execute(runs, out_root, runner.Slots(devices, per), bench_args=bench_args,
+                                stack_seeds=args.stack_seeds and not timing)
         print(f"Table {', '.join(t.id for t in chosen)}: {len(result['done'])} finished now, {len(result['skipped'])} done before, "
               f"{len(result['failed'])} failed")
         for key in result["failed"]:

@@ -513,3 +513,32 @@ def test_table1_smoke_times_every_optimizer_and_prints_the_table(tmp_path, capsy
         assert f"x) | {paper}" in lines["focal_sam"]          # ours, then the paper's figure
     assert lines["sgd"].count("not in the paper") == 4 and "missing" not in lines["focal_sam"]
     assert "SMOKE" in stdout and "CC-SAM's cost differs by construction" in stdout
+
+
+def test_runner_stacks_a_rows_new_seeds_into_one_process(tmp_path):
+    """--stack-seeds: the new seeds of one config train in one `train.py --seeds` process, each
+    into its own folder; a half-finished run, CC-SAM and multi-process runs stay alone."""
+    out = str(tmp_path / "runs")
+    tiny = ("data.max_per_class=30", "data.test_per_class=4", "train.epochs=1", "train.batch_size=16")
+    row = [spec.Run(f"row/seed{s}", "configs/smoke.yaml", tiny, s, 1) for s in (0, 1)]
+    cc = [spec.Run(f"cc/seed{s}", "configs/cifar10_lt/ce_cc_sam.yaml", (), s, 1) for s in (0, 1)]
+    ddp = [spec.Run(f"ddp/seed{s}", "configs/smoke.yaml", tiny, s, 2) for s in (0, 1)]
+    os.makedirs(os.path.join(out, "half", "seed1"))
+    open(os.path.join(out, "half", "seed1", "last.pt"), "w").close()
+    half = [spec.Run(f"half/seed{s}", "configs/smoke.yaml", tiny, s, 1) for s in (0, 1)]
+    jobs = runner.jobs(row + cc + ddp + half, out, stack_seeds=True)
+    assert [[r.key for r in j] for j in jobs] == [["row/seed0", "row/seed1"], ["cc/seed0"], ["cc/seed1"],
+                                                 ["ddp/seed0"], ["ddp/seed1"], ["half/seed0"], ["half/seed1"]]
+    assert len(runner.jobs(row, out, stack_seeds=False)) == 2
+    cmd = runner.job_command(jobs[0], out, python="py")
+    assert cmd[cmd.index("--out") + 1] == os.path.join(out, "row", "seed{seed}")
+    assert cmd[cmd.index("--seeds") + 1:cmd.index("--seeds") + 3] == ["0", "1"]
+    said = []
+    result = runner.execute(row, out, runner.Slots(["cpu"], 1), say=said.append, poll=0.1, stack_seeds=True)
+    assert sorted(result["done"]) == ["row/seed0", "row/seed1"], said
+    assert any(s.startswith("[start] row/seed0 + row/seed1") for s in said)
+    for s in (0, 1):
+        with open(os.path.join(out, "row", f"seed{s}", "final.json")) as f:
+            assert json.load(f)["run"]["seed"] == s
+    with open(os.path.join(out, "row", "seed1", runner.LOG)) as f:
+        assert "its output is in" in f.read()
