@@ -50,6 +50,7 @@ class TrainConfig:
     drop_last: bool = opt(False, "drop the last partial training batch")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes under torchrun (CUDA only)")
     compile: Literal["none", "model"] = opt("none", "model: torch.compile the model for training (every pass); none: eager")
+    capture: Literal["none", "step"] = opt("none", "step: replay the whole optimizer step from a CUDA graph (CUDA; SGD, SAM, Focal-SAM; not fp16)")
     progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
     dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
 

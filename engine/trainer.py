@@ -13,9 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from core.errors import UserError
+from core.errors import ConfigError, UserError
 from engine import distributed as dist_utils
 from engine.build import build_run
+from engine.capture import CapturedStep, why_not_capturable
 from engine.group import MemberBatches, build_group
 from engine.checkpoint import TRAINING_KEYS, load_checkpoint, mismatch_reason, save_checkpoint
 from engine.config import Config, config_to_dict
@@ -162,6 +163,16 @@ def _wrap_distributed(model, cfg, info):
     return DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
 
 
+def _stepper(optimizer, cfg, info):
+    """The optimizer, or (train.capture=step) its step replayed from a CUDA graph."""
+    if cfg.train.capture != "step":
+        return optimizer
+    reason = why_not_capturable(optimizer, cfg.train.amp, info.device, info.distributed)
+    if reason:
+        raise ConfigError("train.capture", f"step cannot be captured here: {reason}; set train.capture=none")
+    return CapturedStep(optimizer)
+
+
 def fit(cfg: Config, out_dir: str, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir` (or continue it from out_dir/last.pt); return the final report."""
     return fit_members([cfg], [out_dir], resume)[0]
@@ -211,6 +222,7 @@ def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[di
 
     cfg = cfgs[0]   # the members' shared settings
     net = _wrap_distributed(model, cfg, info)
+    stepper = _stepper(optimizer, cfg, info)
     loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
                for r in runs]
     train_dl = loaders[0] if n == 1 else MemberBatches(loaders)
@@ -222,11 +234,13 @@ def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[di
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.time()
             values = group.epoch_values.apply(epoch, optimizer, criterion)
+            if isinstance(stepper, CapturedStep):
+                stepper.reset()      # the captured step baked in the last epoch's lr, rho and DRW weights
             train_dl.sampler.set_epoch(epoch)
             for r in runs:
                 r.splits.train.set_epoch(epoch)
             notes = [tag(k) + stop_note(p, epoch, cfg, group.epoch_values) for k, p in enumerate(ckpt_paths)]
-            stats = train_one_epoch(net, optimizer, criterion, train_dl, epoch, cfg.train, info, notes)
+            stats = train_one_epoch(net, stepper, criterion, train_dl, epoch, cfg.train, info, notes)
             check_finite_state(model, optimizer, epoch, "; ".join(notes))   # never log or save NaN weights
             last = epoch == cfg.train.epochs - 1
             reports = evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp) \

@@ -92,6 +92,8 @@ class SharpnessOptimizer(torch.optim.Optimizer):
     # Whether `step` trains a stacked model (models/stacked.py) member by member exactly: only
     # an optimizer whose step takes every non-elementwise quantity per member may say True.
     stackable = False
+    # Whether `step` runs without reading a value back to the host (so a CUDA graph can record it).
+    capturable = False
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, rho: float = 0.05, bn_mode: str = "update",

@@ -47,6 +47,7 @@ class WeightedSAM(SharpnessOptimizer):
         if self.clean_weight.shape != self.sharp_weight.shape or self.clean_weight.ndim > 1:
             raise ValueError("clean_weight and sharp_weight must be scalars or vectors of one length")
         self._targets_checked = False
+        self._device_weights = {}
 
     def step(self, model, images, targets, criterion):
         """Every pass and the base update for one batch; returns (mean clean loss, clean logits)
@@ -109,10 +110,24 @@ class WeightedSAM(SharpnessOptimizer):
         return params, self._radius_rho(model, params, rhos, u)
 
     # ------------------------------------------------------------------ bookkeeping
-    @staticmethod
-    def _per_sample(w: torch.Tensor, targets: torch.Tensor, dtype) -> torch.Tensor:
-        w = w.to(device=targets.device, dtype=dtype)
+    @property
+    def capturable(self) -> bool:
+        """No host sync in `step` (engine/capture.py): both parts are present in every batch or
+        in none, so no batch needs a look (ImbSAM's does)."""
+        return None not in (_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight))
+
+    def _per_sample(self, w: torch.Tensor, targets: torch.Tensor, dtype) -> torch.Tensor:
+        w = self._on_device(w, targets.device, dtype)
         return w.expand(targets.shape) if w.ndim == 0 else w[targets]
+
+    def _on_device(self, w: torch.Tensor, device, dtype) -> torch.Tensor:
+        """The class weights on the batch's device, copied there once (a host-to-device copy per
+        step would be a sync point, and cannot be recorded in a CUDA graph)."""
+        key = (id(w), device, dtype)
+        cached = self._device_weights.get(key)
+        if cached is None:
+            cached = self._device_weights[key] = w.to(device=device, dtype=dtype)
+        return cached
 
     def _batch_plan(self, model, a: torch.Tensor, c: torch.Tensor):
         """(global batch size, clean part present?, sharpness part present?, members to skip in
