@@ -87,6 +87,10 @@ def check_relations(cfg) -> None:
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError("optim.nesterov", "Nesterov needs momentum > 0 (optim.momentum is 0); "
                           "set optim.nesterov=false or a momentum")
+    if cfg.train.compile == "model" and getattr(cfg.optim, "clean_backward", "separate") == "batched":
+        # vmap over a compiled backward has no batching rule (torch 2.14: aten::mm.out)
+        raise ConfigError("optim.clean_backward", "batched cannot run through a compiled model "
+                          "(train.compile=model); set optim.clean_backward=separate or train.compile=none")
 
 
 def empty_class(counts) -> Optional[int]:

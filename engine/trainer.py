@@ -142,6 +142,21 @@ def _restore(group, states: Sequence[dict], paths: Sequence[str]) -> None:
         raise UserError(f"{where} does not match this config's model or optimizer ({mismatch_reason(e)})") from None
 
 
+def _compile(model):
+    """torch.compile for the sharpness steps, which run two backward passes through one forward
+    (retain_graph=True: the clean gradient and the perturbation direction):
+    - AOTAutograd's donated buffers forbid that ("compiled with non-empty donated buffers"):
+      switched off (a private config, the only switch torch offers; it saves memory, not math);
+    - compiled code left in the process by another model made a later model's compiled
+      Focal-SAM step wrong on torch 2.14 (weights 0.014 off after 3 steps, ResNet-8 after a
+      conv+BN model; `tests/test_compile.py`), so each compile starts from a clean dynamo state.
+      The trainer compiles one model per process; this matters to tests and benchmarks."""
+    import torch._functorch.config
+    torch._functorch.config.donated_buffer = False
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
 def _wrap_distributed(model, cfg, info):
     """DDP around the model under torchrun (SyncBatchNorm first when asked); the model itself otherwise.
     With train.compile=model the module the optimizer steps is torch.compile'd, inside DDP, so the
@@ -152,14 +167,14 @@ def _wrap_distributed(model, cfg, info):
     DDP still broadcasts rank 0's parameters at construction and its buffers before each forward.
     """
     if not info.distributed:
-        return torch.compile(model) if cfg.train.compile == "model" else model
+        return _compile(model) if cfg.train.compile == "model" else model
     if cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise UserError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
                             "set train.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.train.compile == "model":
-        model = torch.compile(model)
+        model = _compile(model)
     return DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
 
 

@@ -124,6 +124,7 @@ VALUE_CASES = [
     (["loss.tau=.inf"], "loss.tau: must be a finite number"),
     (["optim.lr=1e300"], "optim.lr: must be a finite number (float32 range)"),
     (["data.num_workers=1000"], "data.num_workers: must be 0..128"),
+    (["train.compile=model", "optim.clean_backward=batched"], "optim.clean_backward: batched cannot run through a compiled"),
     (["data.image_size=100000"], "data.image_size: must be 8..1024"),
     (["data.max_per_class=1000000000"], "data.max_per_class: must be 1..100,000"),
     (["train.epochs=200000"], "train.epochs: must be <= 100,000"),
