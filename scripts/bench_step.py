@@ -49,7 +49,8 @@ from engine.distributed import DistInfo, pick_device
 from engine.report import write_json
 from engine.loaders import eval_loader, train_loader
 from engine.group import MemberBatches, build_group
-from engine.trainer import _wrap_distributed, evaluate, train_one_epoch
+from engine.capture import CapturedStep
+from engine.trainer import _stepper, _wrap_distributed, evaluate, train_one_epoch
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
 DATASETS = ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"]
@@ -80,8 +81,9 @@ def build(cfg, model0, device):
     """(model, criterion, optimizer) of the row's run, on a copy of the shared initial weights."""
     run = build_run(cfg, device, load_data=False)
     run.model.load_state_dict(model0.state_dict())
-    net = _wrap_distributed(run.model.train(), cfg, DistInfo(device=device))   # train.compile, as in training
-    return net, run.criterion, run.optimizer
+    info = DistInfo(device=device)
+    net = _wrap_distributed(run.model.train(), cfg, info)   # train.compile, as in training
+    return net, run.criterion, _stepper(run.optimizer, cfg, info)   # and train.capture
 
 
 def time_optimizers(cfgs, model0, batches, warmup, device):
@@ -150,13 +152,16 @@ def real_run(cfg, device):
 def time_epochs(cfg, device, epochs: int) -> dict:
     """Train and test seconds of the last of `epochs` epochs (the earlier ones warm up)."""
     run, net, train_dl, test_dl, info = real_run(cfg, device)
+    stepper = _stepper(run.optimizer, cfg, info)
     for epoch in range(epochs):
         run.epoch_values.apply(epoch, run.optimizer, run.criterion)
         train_dl.sampler.set_epoch(epoch)
         run.splits.train.set_epoch(epoch)
         sync(device)
         t0 = time.perf_counter()
-        train_one_epoch(net, run.optimizer, run.criterion, train_dl, epoch, cfg.train, info, "benchmark")
+        if isinstance(stepper, CapturedStep):
+            stepper.reset()
+        train_one_epoch(net, stepper, run.criterion, train_dl, epoch, cfg.train, info, "benchmark")
         sync(device)
         t1 = time.perf_counter()
         evaluate(run.model, test_dl, info, run.class_counts, cfg.data, cfg.train.amp)
@@ -200,15 +205,16 @@ def worker_mode(args, cfgs, device) -> None:
                for r in group.runs]
     train_dl = loaders[0] if len(loaders) == 1 else MemberBatches(loaders)
     group.epoch_values.apply(0, group.optimizer, group.criterion)
+    stepper = _stepper(group.optimizer, cfg, info)
     batches = iter(cycle(train_dl))
     for _ in range(args.warmup):
-        group.optimizer.step(net, *next_on(batches, device), group.criterion)
+        stepper.step(net, *next_on(batches, device), group.criterion)
     sync(device)
     print("ready", flush=True)
     sys.stdin.readline()
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        group.optimizer.step(net, *next_on(batches, device), group.criterion)
+        stepper.step(net, *next_on(batches, device), group.criterion)
     sync(device)
     print(json.dumps({"seconds": time.perf_counter() - t0, "steps": args.steps * args.members,
                       "steps_per_epoch": len(train_dl), "epochs": cfg.train.epochs}), flush=True)

@@ -83,6 +83,27 @@ def test_stacked_steps_equal_separate_runs(single_thread, name, extra):
             assert close(mb, opts[k].base_optimizer.state[p]["momentum_buffer"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["sam", "imbsam", "focal_sam"])
+def test_stacked_steps_on_cuda(name):
+    """The same comparison on the GPU (cuDNN's grouped convolutions): float64, 1e-9."""
+    n = 3
+    alone = [m.cuda() for m in make_models(n)]
+    stacked = StackedModels(copy.deepcopy(alone))
+    crit = nn.CrossEntropyLoss(reduction="none")
+    opts = [OPTIMIZERS[name](m.parameters()) for m in alone]
+    sopt = OPTIMIZERS[name](stacked.parameters())
+    for x, y in batches(n, 3, tail_free=(1,)):
+        x, y = x.cuda(), y.cuda()
+        for k, (m, opt) in enumerate(zip(alone, opts)):
+            opt.step(m, x[k], y[k], crit)
+        sopt.step(stacked, x, y, crit)
+    for k, m in enumerate(alone):
+        mine = stacked.member_state_dict(k)
+        for key, t in m.state_dict().items():
+            assert close(mine[key], t), (name, k, key)
+
+
 def test_imbsam_member_without_tail_keeps_its_bn_statistics(single_thread):
     """Member 1 has no tail sample in the batch: alone, ImbSAM skips its perturbed pass, so its BN
     statistics see one forward; stacked, it must not see the second one either."""
