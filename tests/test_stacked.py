@@ -256,3 +256,8 @@ def test_seeds_cli_and_its_errors(tiny_config, tmp_path):
     assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "train.amp=fp16",
                                   "--out", str(tmp_path / "f{seed}")), "train.amp", "bf16")
     assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "r-5"), str(tmp_path / "r-5")), "twice")
+    state = torch.load(tmp_path / "r-6" / "last.pt", weights_only=True)
+    state["epoch"] = 0                       # as if seed 6 had stopped an epoch earlier
+    torch.save(state, tmp_path / "r-6" / "last.pt")
+    assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "r-5"), str(tmp_path / "r-6")),
+                          "stopped after different epochs", "one by one")
