@@ -12,6 +12,7 @@ In-memory sets (CIFAR-LT, synthetic) can instead live on the training device
 iterator, with crop and flip done on the device."""
 import os
 import signal
+import threading
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -53,8 +54,18 @@ def quiet_worker(worker_id: int) -> None:
     raises (engine/cli.py) and printed a traceback per worker; replace it (module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _leave_quietly)
+    threading.excepthook = _quiet_lost_connection
     from engine.cli import close_inherited_locks   # the CLI layer: imported only in workers
     close_inherited_locks()
+
+
+def _quiet_lost_connection(args) -> None:
+    """A worker's helper threads (multiprocessing's resource sharer, which hands batch tensors'
+    file descriptors to the main process) print a BrokenPipeError traceback when the main
+    process stopped first (Ctrl-C): expected then, and not the worker's to report."""
+    if issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError, EOFError)):
+        return
+    threading.__excepthook__(args)
 
 
 class GuardedLoader:

@@ -6,12 +6,15 @@ same folder, flushed and fsynced, renamed over the destination, then the folder 
 crash or a full disk leaves the old file or the whole new one, never a part, and two writers
 never share a temporary name. A write that fails stops the run with one line (`RunStopped`).
 """
+import contextlib
 import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 from typing import IO, Callable, List, Optional
 
 import yaml
@@ -58,8 +61,38 @@ def fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends.
+
+    Their handlers raise an exception wherever the main thread is; inside torch.save that is a
+    Python callback of its C++ zip writer, which then failed with "unexpected pos" or aborted
+    the process ("terminate called ... write to closed file"). Held, they are raised again
+    (`signal.raise_signal`) once the file is complete and in place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    caught = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in caught}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a fresh temporary file next to `path`, then put it in place."""
+    """Call `write(file)` on a fresh temporary file next to `path`, then put it in place; a
+    signal that arrives meanwhile waits until the file is in place (`signals_held`)."""
+    with signals_held():
+        _atomic_write(path, write)
+
+
+def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX)

@@ -660,3 +660,22 @@ def test_loader_workers_do_not_keep_the_run_folder_locked(tmp_path):
     with folder_lock(str(tmp_path)):        # free although the worker is still alive
         pass
     del batches
+
+
+def test_a_signal_during_a_write_waits_until_the_file_is_in_place(tmp_path):
+    """Ctrl-C or SIGTERM inside torch.save broke its C++ zip writer ("unexpected pos", or an
+    abort writing to the closed file); now the signal takes effect after the file is complete."""
+    from engine.report import atomic_write
+    before = signal.getsignal(signal.SIGINT)
+
+    def write(f):
+        f.write(b"first half, ")
+        signal.raise_signal(signal.SIGINT)        # Ctrl-C in the middle of the write
+        torch.save({"w": torch.arange(3)}, f)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(tmp_path / "ckpt"), write)
+    data = (tmp_path / "ckpt").read_bytes()
+    assert data.startswith(b"first half, ") and len(data) > 100
+    assert signal.getsignal(signal.SIGINT) is before
+    assert [n for n in os.listdir(tmp_path) if n != "ckpt"] == []    # no temporary file left
