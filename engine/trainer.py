@@ -18,12 +18,13 @@ from engine import distributed as dist_utils
 from engine.build import build_run
 from engine.capture import CapturedStep, why_not_capturable
 from engine.group import MemberBatches, build_group
-from engine.checkpoint import TRAINING_KEYS, load_checkpoint, mismatch_reason, save_checkpoint
-from engine.config import Config, config_to_dict
-from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state, stop_note
+from engine.checkpoint import load_checkpoint, mismatch_reason
+from engine.config import Config
+from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state
+from engine.records import RunRecord, percent, same_epoch
 from engine.loaders import eval_loader, train_loader
 from engine.metrics import summarize
-from engine.report import RunWriter, git_revision, write_json, write_yaml
+from engine.report import git_revision, write_json
 from optim.base import AMP_DTYPES, members
 
 CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
@@ -212,106 +213,61 @@ def fit_members(cfgs: Sequence[Config], out_dirs: Sequence[str], resume: bool = 
 def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[dict]:
     group = build_group(cfgs, info.device, info.distributed)
     model, criterion, optimizer, counts = group.model, group.criterion, group.optimizer, group.class_counts
-    runs, n = group.runs, len(cfgs)
     if info.distributed:  # DRW "weights" reduction: normalise over the global batch
         criterion.process_group = torch.distributed.group.WORLD
-    ckpt_paths = [os.path.join(d, "last.pt") for d in out_dirs]
-    start_epoch, elapsed, best = 0, [0.0] * n, [None] * n
+    n = len(cfgs)
+    records = [RunRecord(c, d, "" if n == 1 else f"[seed {c.seed}] ", info.is_main) for c, d in zip(cfgs, out_dirs)]
+    start_epoch = 0
     if resume:
-        states = [load_checkpoint(p, require=TRAINING_KEYS) for p in ckpt_paths]
-        epochs = sorted({s["epoch"] for s in states})
-        if len(epochs) > 1:
-            raise UserError(f"{', '.join(out_dirs)} stopped after different epochs ({', '.join(map(str, epochs))}); "
-                            "resume them one by one")
-        _restore(group, states, ckpt_paths)
-        start_epoch = epochs[0]
-        elapsed, best = [s["elapsed"] for s in states], [s.get("best_on_test") for s in states]
+        states = [r.load() for r in records]
+        start_epoch = same_epoch(states, records)
+        _restore(group, states, [r.ckpt_path for r in records])
         if info.is_main:
             for d in out_dirs:
                 print(f"resuming {d} after epoch {start_epoch} of {cfgs[0].train.epochs}", flush=True)
-    elif info.is_main:
-        for cfg, d in zip(cfgs, out_dirs):
-            os.makedirs(d, exist_ok=True)
-            write_yaml(os.path.join(d, "config.yaml"), config_to_dict(cfg))
+    else:
+        for r in records:
+            r.create()
     dist_utils.barrier()
 
     cfg = cfgs[0]   # the members' shared settings
     net = _wrap_distributed(model, cfg, info)
     stepper = _stepper(optimizer, cfg, info)
     loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
-               for r in runs]
+               for r in group.runs]
     train_dl = loaders[0] if n == 1 else MemberBatches(loaders)
-    test_dl = eval_loader(runs[0].splits.test, cfg.train.eval_batch_size, info, cfg.data)
-    writers = [RunWriter(d, start_epoch, info.is_main) for d in out_dirs]
+    test_dl = eval_loader(group.runs[0].splits.test, cfg.train.eval_batch_size, info, cfg.data)
+    evaluate_all = lambda: evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp)
     reports = [None] * n
-    tag = (lambda k: "") if n == 1 else (lambda k: f"[seed {cfgs[k].seed}] ")
     try:
+        for r in records:
+            r.open(start_epoch)
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.time()
             values = group.epoch_values.apply(epoch, optimizer, criterion)
             if isinstance(stepper, CapturedStep):
                 stepper.reset()      # the captured step baked in the last epoch's lr, rho and DRW weights
             train_dl.sampler.set_epoch(epoch)
-            for r in runs:
-                r.splits.train.set_epoch(epoch)
-            notes = [tag(k) + stop_note(p, epoch, cfg, group.epoch_values) for k, p in enumerate(ckpt_paths)]
+            for run in group.runs:
+                run.splits.train.set_epoch(epoch)
+            notes = [r.note(epoch, group.epoch_values) for r in records]
             stats = train_one_epoch(net, stepper, criterion, train_dl, epoch, cfg.train, info, notes)
             check_finite_state(model, optimizer, epoch, "; ".join(notes))   # never log or save NaN weights
-            last = epoch == cfg.train.epochs - 1
-            reports = evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp) \
-                if last or (epoch + 1) % cfg.train.eval_every == 0 else [None] * n
+            evaluated = epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.eval_every == 0
+            reports = evaluate_all() if evaluated else [None] * n
             seconds = time.time() - t0
-            for k, report in enumerate(reports):
-                if report is not None:
-                    check_finite_report(report, notes[k])   # NaN outputs from finite weights (e.g. BN statistics)
-                if report is not None and (best[k] is None or report["top1"] > best[k]["top1"]):
-                    best[k] = {"top1": report["top1"], "epoch": epoch}
-                elapsed[k] += seconds
-                row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats[k],
-                       **{key: (report or {}).get(key) for key in ("top1", "head", "medium", "tail", "ece")},
-                       "epoch_seconds": seconds}
-                writers[k].log_epoch(row)
-                if info.is_main:
-                    _print_epoch(row, cfg.train.epochs, tag(k))
-                    model_state, optimizer_state = group.member_state(k)
-                    save_checkpoint(ckpt_paths[k], {"epoch": epoch + 1, "elapsed": elapsed[k], "model": model_state,
-                                                    "optimizer": optimizer_state, "class_counts": list(counts),
-                                                    "config": config_to_dict(cfgs[k]), "best_on_test": best[k]})
+            for k, r in enumerate(records):
+                r.end_epoch(epoch, values, stats[k], reports[k], seconds, notes[k],
+                            lambda k=k: group.member_state(k), counts)
         if reports[0] is None:  # resumed a finished run: evaluate the final weights again
-            reports = evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp)
+            reports = evaluate_all()
     finally:
-        for w in writers:
-            w.close()
-    finals = []
-    for k, (report, d) in enumerate(zip(reports, out_dirs)):
-        final = {**report, "class_counts": list(counts), "class_names": runs[k].splits.class_names,
-                 "epochs": cfg.train.epochs, "wall_seconds": elapsed[k],
-                 "seconds_per_epoch": elapsed[k] / max(1, cfg.train.epochs), "best_on_test": best[k],
-                 "world_size": info.world_size, "device": str(info.device), "git_revision": git_revision(),
-                 "run": {"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
-                         "optim": cfg.optim.name, "seed": cfgs[k].seed}}
-        if n > 1:   # its seconds are the group's: say so beside them
-            final["trained_with_seeds"] = [c.seed for c in cfgs]
-        check_finite_report(final, notes[k] if cfg.train.epochs > start_epoch else "the checkpoint is not usable")
-        if info.is_main:
-            write_json(os.path.join(d, "final.json"), final)
-            print(f"{tag(k)}final: top1 {final['top1']:.2f}  head {_fmt(final['head'])}  medium {_fmt(final['medium'])}  "
-                  f"tail {_fmt(final['tail'])}  ece {final['ece']:.2f}  -> {os.path.join(d, 'final.json')}",
-                  flush=True)
-        finals.append(final)
-    return finals
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def _print_epoch(row: dict, epochs: int, tag: str = "") -> None:
-    rho = "" if row["rho"] is None else f" rho {row['rho']:.3g}"
-    test = "" if row["top1"] is None else (f" | top1 {row['top1']:.2f} head {_fmt(row['head'])} "
-                                           f"med {_fmt(row['medium'])} tail {_fmt(row['tail'])}")
-    print(f"{tag}epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g}{rho} loss {row['train_loss']:.4f} "
-          f"train {row['train_acc']:.2f}%{test} ({row['epoch_seconds']:.1f}s)", flush=True)
+        for r in records:
+            r.close()
+    together = [c.seed for c in cfgs] if n > 1 else None
+    return [r.finish(report, counts, run.splits.class_names, info,
+                     notes[k] if cfg.train.epochs > start_epoch else "the checkpoint is not usable", together)
+            for k, (r, report, run) in enumerate(zip(records, reports, group.runs))]
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
@@ -336,8 +292,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
                            "optim": cfg.optim.name, "seed": cfg.seed})
         if info.is_main:
             write_json(out_path, report)
-            print(f"top1 {report['top1']:.2f}  head {_fmt(report['head'])}  medium {_fmt(report['medium'])}  "
-                  f"tail {_fmt(report['tail'])}  ece {report['ece']:.2f}  -> {out_path}", flush=True)
+            print(f"top1 {report['top1']:.2f}  head {percent(report['head'])}  medium {percent(report['medium'])}  "
+                  f"tail {percent(report['tail'])}  ece {report['ece']:.2f}  -> {out_path}", flush=True)
         return report
     finally:
         dist_utils.cleanup()
