@@ -89,6 +89,8 @@ def why_not_stackable(cfg: Config) -> str:
         return f"optim.name={cfg.optim.name}"
     if cfg.model.name not in STACKABLE_MODELS:
         return f"model.name={cfg.model.name}"
+    if cfg.model.channels_last:   # vmap cannot query a channels_last layout (torch 2.14: NYI)
+        return "model.channels_last=true"
     if cfg.train.amp == "fp16":
         return "train.amp=fp16"
     return ""

@@ -253,6 +253,8 @@ def test_seeds_cli_and_its_errors(tiny_config, tmp_path):
     cc = tiny_config(replace={"optim": {"name": "cc_sam", "lr": 0.05, "rho": 0.5}}, name="cc.yaml")
     assert_one_line_error(run_cli("train.py", "--config", cc, "--seeds", "1", "2", "--out", str(tmp_path / "c{seed}")),
                           "optim.name=cc_sam", "one run per seed")
+    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "model.channels_last=true",
+                                  "--out", str(tmp_path / "l{seed}")), "model.channels_last=true", "one run per seed")
     assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "train.amp=fp16",
                                   "--out", str(tmp_path / "f{seed}")), "train.amp", "bf16")
     assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "r-5"), str(tmp_path / "r-5")), "twice")
