@@ -47,6 +47,9 @@ class WeightedSAM(SharpnessOptimizer):
         if self.clean_weight.shape != self.sharp_weight.shape or self.clean_weight.ndim > 1:
             raise ValueError("clean_weight and sharp_weight must be scalars or vectors of one length")
         self._targets_checked = False
+        # Present in every batch (True), in none (False), or depending on the batch (None, ImbSAM):
+        # a function of the fixed class weights, so decided once, not at every step.
+        self._always = (_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight))
         self._device_weights = {}
 
     def step(self, model, images, targets, criterion):
@@ -56,7 +59,7 @@ class WeightedSAM(SharpnessOptimizer):
         self.zero_grad(set_to_none=True)
         with self.no_sync(model):
             logits, losses = self.forward(model, images, targets, criterion)         # l_i(w), (b,)
-            a, c = (self._per_sample(w, targets, losses.dtype) for w in (self.clean_weight, self.sharp_weight))
+            a, c = (self._per_sample(k, targets, losses.dtype) for k in (0, 1))
             b, has_clean, has_sharp, skip = self._batch_plan(model, a, c)
             batched = has_sharp and has_clean and self.clean_backward == "batched"
             if batched:                    # grad L_a(w) into .grad and u from one backward
@@ -114,20 +117,17 @@ class WeightedSAM(SharpnessOptimizer):
     def capturable(self) -> bool:
         """No host sync in `step` (engine/capture.py): both parts are present in every batch or
         in none, so no batch needs a look (ImbSAM's does)."""
-        return None not in (_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight))
+        return None not in self._always
 
-    def _per_sample(self, w: torch.Tensor, targets: torch.Tensor, dtype) -> torch.Tensor:
-        w = self._on_device(w, targets.device, dtype)
+    def _per_sample(self, part: int, targets: torch.Tensor, dtype) -> torch.Tensor:
+        """Part 0 (clean) or 1 (sharpness) weight of each sample. The class weights are copied to
+        the batch's device once: a host-to-device copy per step would be a sync point, and cannot
+        be recorded in a CUDA graph."""
+        key = (part, targets.device, dtype)
+        w = self._device_weights.get(key)
+        if w is None:
+            w = self._device_weights[key] = (self.clean_weight, self.sharp_weight)[part].to(targets.device, dtype)
         return w.expand(targets.shape) if w.ndim == 0 else w[targets]
-
-    def _on_device(self, w: torch.Tensor, device, dtype) -> torch.Tensor:
-        """The class weights on the batch's device, copied there once (a host-to-device copy per
-        step would be a sync point, and cannot be recorded in a CUDA graph)."""
-        key = (id(w), device, dtype)
-        cached = self._device_weights.get(key)
-        if cached is None:
-            cached = self._device_weights[key] = w.to(device=device, dtype=dtype)
-        return cached
 
     def _batch_plan(self, model, a: torch.Tensor, c: torch.Tensor):
         """(global batch size, clean part present?, sharpness part present?, members to skip in
@@ -140,7 +140,7 @@ class WeightedSAM(SharpnessOptimizer):
         part ride along in the perturbed pass with eps = 0 and weight 0 (a zero gradient) and
         `skip` keeps their BN statistics, so each member computes what it would alone.
         """
-        known = [_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight)]
+        known = self._always
         b = float(a.shape[-1])
         if self.ddp(model) is None and None not in known:
             return b, known[0], known[1], None
