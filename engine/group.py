@@ -15,6 +15,7 @@ import torch
 from core.errors import ConfigError, UserError
 from engine.build import Run, build_run
 from engine.config import Config, config_to_dict
+from engine.loaders import train_loader
 from models.stacked import StackedModels
 from optim import build_optimizer, optimizer_class
 from optim.base import members
@@ -111,6 +112,15 @@ def build_group(cfgs: Sequence[Config], device: torch.device, distributed: bool 
     for r in runs:
         r.model = r.optimizer = None    # the stacked copies are the ones trained: free the originals
     return Group(runs, model, optimizer, runs[0].criterion, runs[0].epoch_values)
+
+
+def train_batches(group: Group, info):
+    """The training loader of a group: the run's own, or one batch per member stacked, each
+    member's loader seeded by its seed (order and augmentation as if it ran alone)."""
+    cfg = group.cfgs[0]
+    loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
+               for r in group.runs]
+    return loaders[0] if len(loaders) == 1 else MemberBatches(loaders)
 
 
 class MemberBatches:

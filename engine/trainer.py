@@ -17,12 +17,12 @@ from core.errors import ConfigError, UserError
 from engine import distributed as dist_utils
 from engine.build import build_run
 from engine.capture import CapturedStep, why_not_capturable
-from engine.group import MemberBatches, build_group
+from engine.group import build_group, train_batches
 from engine.checkpoint import load_checkpoint, mismatch_reason
 from engine.config import Config
 from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state
 from engine.records import RunRecord, percent, same_epoch
-from engine.loaders import eval_loader, train_loader
+from engine.loaders import eval_loader
 from engine.metrics import summarize
 from engine.report import git_revision, write_json
 from optim.base import AMP_DTYPES, members
@@ -233,9 +233,7 @@ def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[di
     cfg = cfgs[0]   # the members' shared settings
     net = _wrap_distributed(model, cfg, info)
     stepper = _stepper(optimizer, cfg, info)
-    loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
-               for r in group.runs]
-    train_dl = loaders[0] if n == 1 else MemberBatches(loaders)
+    train_dl = train_batches(group, info)
     test_dl = eval_loader(group.runs[0].splits.test, cfg.train.eval_batch_size, info, cfg.data)
     evaluate_all = lambda: evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp)
     reports = [None] * n

@@ -48,7 +48,7 @@ from engine.config import load_config
 from engine.distributed import DistInfo, pick_device
 from engine.report import write_json
 from engine.loaders import eval_loader, train_loader
-from engine.group import MemberBatches, build_group
+from engine.group import build_group, train_batches
 from engine.capture import CapturedStep
 from engine.trainer import _stepper, _wrap_distributed, evaluate, train_one_epoch
 
@@ -201,9 +201,7 @@ def worker_mode(args, cfgs, device) -> None:
     info = DistInfo(device=device)
     group = build_group([dataclasses.replace(cfg, seed=s) for s in range(args.members)], device)
     net = _wrap_distributed(group.model, cfg, info)
-    loaders = [train_loader(r.splits.train, cfg.train.batch_size, info, r.cfg.seed, cfg.data, cfg.train.drop_last)
-               for r in group.runs]
-    train_dl = loaders[0] if len(loaders) == 1 else MemberBatches(loaders)
+    train_dl = train_batches(group, info)
     group.epoch_values.apply(0, group.optimizer, group.criterion)
     stepper = _stepper(group.optimizer, cfg, info)
     batches = iter(cycle(train_dl))
