@@ -1,10 +1,12 @@
-"""A CIFAR loader that keeps the whole set on the training device (DESIGN.md section 7).
+"""A loader that keeps an in-memory image set (CIFAR-LT, synthetic) on the training device.
 
-The uint8 images live on the device once (padded by 4 pixels when augmenting); a batch is one
-gather: random crop and horizontal flip are index arithmetic on the padded tensor, then the same
-normalisation as `data.transforms.CifarTest`. No worker processes, no host-to-device copy per
-batch. It iterates like a DataLoader: `(images, targets)` on the device, `len(loader)` batches,
-and `loader.sampler.set_epoch(e)` before each epoch.
+The uint8 images live on the device once (padded by 4 pixels for the CIFAR crop); a batch is a
+few gathers: the CIFAR crop and flip are index arithmetic on the padded tensor, CLIP's
+random-resized crop to 224 pixels is a bilinear resize done as four gathers and a blend (the
+224-pixel batch exists only on the device: the worker path builds, copies and pins 150,528
+floats per image on the host), then the normalisation of the transform it replaces. No worker
+processes, no host-to-device copy per batch. It iterates like a DataLoader: `(images, targets)`
+on the device, `len(loader)` batches, and `loader.sampler.set_epoch(e)` before each epoch.
 
 Same samples, same order: the training order is DistributedSampler's (torch.randperm with a
 generator seeded by seed + epoch, padded to a multiple of the world size unless drop_last, then
@@ -14,13 +16,20 @@ path's. Same augmentation distribution, not the same draws: the crop offsets (un
 epoch from a CPU generator keyed on (seed, epoch), so an image's augmentation depends only on
 (seed, epoch, index), never on the rank, the world size or the device; the worker path draws them
 from numpy per sample (data/arrays.py), which costs tens of microseconds per image on the host.
+
+CLIP preprocessing (ClipTrain / ClipTest) keeps the worker path's draws exactly: each index's
+crop box and flip come from ClipTrain.draw with the generator the dataset would use, keyed on
+(seed, epoch, index), drawn for the whole set once per epoch (about 30 microseconds an image on
+the host, once). The resize is the worker path's bilinear one; the worker path rounds the
+resized image to uint8 before normalising, and so does this one, so the two agree to one grey
+level (their interpolation weights differ in the last bits).
 """
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from data.transforms import CifarTest, CifarTrain
+from data.transforms import CLIP_MEAN, CLIP_STD, CifarTest, CifarTrain, ClipTest, ClipTrain
 
 # Distinct from the DistributedSampler stream (seed + epoch), so that order and augmentation
 # are independent draws.
@@ -93,23 +102,19 @@ class DeviceLoader:
 
     Args:
         images: (N, H, W, 3) uint8 (the ArrayDataset layout); labels: (N,) int.
-        transform: the dataset's CifarTrain (crop + flip + normalise) or CifarTest (normalise).
+        transform: the dataset's transform, which this loader replaces: CifarTrain (crop + flip +
+            normalise), CifarTest (normalise), ClipTrain (random-resized crop + flip) or ClipTest.
         batch_size: per process; rank / world_size / seed / shuffle / drop_last: as DistributedSampler.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform, batch_size: int, device: torch.device,
                  rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True, drop_last: bool = False):
-        if not isinstance(transform, (CifarTrain, CifarTest)):
-            raise ValueError(f"the device loader applies CifarTrain or CifarTest, not {type(transform).__name__}")
-        norm = transform.normalize if isinstance(transform, CifarTrain) else transform
-        self.padding: Optional[int] = transform.padding if isinstance(transform, CifarTrain) else None
-        self.size = images.shape[1]
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)   # (N, 3, H, W) uint8
-        if self.padding:
-            x = torch.nn.functional.pad(x, (self.padding,) * 4)                    # zeros, as CifarTrain
-        self.images = x.contiguous().to(device)
+        self.stage = stage_for(transform)
+        self.images = self.stage.to_device(images, device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)
-        self.mean, self.std = norm.mean.to(device), norm.std.to(device)           # (3, 1, 1)
+        mean, std = self.stage.mean_std
+        self.mean = torch.tensor(mean).view(3, 1, 1).to(device)                    # (3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1).to(device)
         self.batch_size, self.drop_last, self.seed, self.device = batch_size, drop_last, seed, device
         self.sampler = EpochSampler(len(labels), rank, world_size, seed, shuffle, drop_last)
 
@@ -119,20 +124,110 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order = torch.tensor(self.sampler.indices(), dtype=torch.int64).to(self.device)
-        aug = None
-        if self.padding:
-            aug = [t.to(self.device) for t in draw_augmentation(len(self.labels), self.padding, self.seed,
-                                                                  self.sampler.epoch)]
+        params = self.stage.draw(len(self.labels), self.seed, self.sampler.epoch)
+        params = None if params is None else [t.to(self.device) for t in params]
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
-            yield self.normalize(self.gather(idx, aug)), self.labels[idx]
-
-    def gather(self, idx: torch.Tensor, aug) -> torch.Tensor:
-        if aug is None:
-            return self.images[idx]
-        top, left, flip = (t[idx] for t in aug)
-        return crop_flip(self.images, idx, top, left, flip, self.size)
+            batch = self.stage.gather(self.images, idx, None if params is None else [t[idx] for t in params])
+            yield self.normalize(batch), self.labels[idx]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The arithmetic of CifarTest, in its order, so both paths give the same floats."""
+        """The arithmetic of CifarTest and of data.augment.to_normalized, in their order, so
+        both paths give the same floats for the same uint8 pixels."""
         return (x.float().div_(255.0) - self.mean) / self.std
+
+
+def stage_for(transform):
+    """The on-device version of a dataset transform."""
+    if isinstance(transform, CifarTrain):
+        return CifarStage(transform.padding, (transform.normalize.mean, transform.normalize.std))
+    if isinstance(transform, CifarTest):
+        return CifarStage(None, (transform.mean, transform.std))
+    if isinstance(transform, (ClipTrain, ClipTest)):
+        return ClipStage(transform.size, train=isinstance(transform, ClipTrain))
+    raise ValueError(f"the device loader applies CifarTrain, CifarTest, ClipTrain or ClipTest, not "
+                     f"{type(transform).__name__}")
+
+
+class CifarStage:
+    """CifarTrain's zero-padded random crop + flip (padding set), or CifarTest's identity."""
+
+    def __init__(self, padding: Optional[int], mean_std):
+        self.padding = padding
+        self.mean_std = tuple(tuple(float(v) for v in t.flatten()) for t in mean_std)
+
+    def to_device(self, images: np.ndarray, device: torch.device) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)   # (N, 3, H, W) uint8
+        self.size = x.shape[2]
+        if self.padding:
+            x = torch.nn.functional.pad(x, (self.padding,) * 4)                    # zeros, as CifarTrain
+        return x.contiguous().to(device)
+
+    def draw(self, n: int, seed: int, epoch: int):
+        return list(draw_augmentation(n, self.padding, seed, epoch)) if self.padding else None
+
+    def gather(self, images: torch.Tensor, idx: torch.Tensor, params) -> torch.Tensor:
+        if params is None:
+            return images[idx]
+        top, left, flip = params
+        return crop_flip(images, idx, top, left, flip, self.size)
+
+
+class ClipStage:
+    """ClipTrain's random-resized crop + flip to `size` pixels, or ClipTest's resize of the whole
+    (square) image to `size`; CLIP's mean and std."""
+    mean_std = (CLIP_MEAN, CLIP_STD)
+
+    def __init__(self, size: int, train: bool):
+        self.size, self.train = size, train
+
+    def to_device(self, images: np.ndarray, device: torch.device) -> torch.Tensor:
+        if images.shape[1] != images.shape[2]:   # ClipTest's shorter-side resize + centre crop is then not a box
+            raise ValueError(f"the device loader resizes square images only, got {images.shape[1]}x{images.shape[2]}")
+        self.height, self.width = images.shape[1], images.shape[2]
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+    def draw(self, n: int, seed: int, epoch: int):
+        """(top, left, height, width, flip), each (n,): for training, every index's draw from the
+        generator ArrayDataset gives it; for testing, the whole image, unflipped."""
+        if not self.train:
+            whole = torch.tensor([[0, 0, self.height, self.width, 0]], dtype=torch.int64).expand(n, 5)
+            return list(whole.t())
+        rows = []
+        for i in range(n):
+            p = ClipTrain.draw(np.random.default_rng([seed, epoch, i]), self.height, self.width)
+            rows.append((p.top, p.left, p.height, p.width, int(p.flip)))
+        return list(torch.tensor(rows, dtype=torch.int64).t())
+
+    def gather(self, images: torch.Tensor, idx: torch.Tensor, params) -> torch.Tensor:
+        top, left, height, width, flip = params
+        return resized_crops(images, idx, top, left, height, width, flip.bool(), self.size)
+
+
+def _source_taps(start: torch.Tensor, length: torch.Tensor, size: int):
+    """Bilinear resize of a window [start, start + length) to `size` pixels along one axis (the
+    half-pixel rule of torch.nn.functional.interpolate, align_corners=False): for each sample
+    (b,) and output pixel (size,), the two source indices and the weight of the second."""
+    out = torch.arange(size, device=start.device, dtype=torch.float64) + 0.5
+    pos = (out[None, :] * (length[:, None].double() / size) - 0.5).clamp(min=0.0)    # (b, size), window coords
+    first = pos.floor()
+    second = torch.minimum(first + 1, (length[:, None] - 1).double())
+    weight = (pos - first).float()
+    return start[:, None] + first.long(), start[:, None] + second.long(), weight
+
+
+def resized_crops(images: torch.Tensor, idx: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                  height: torch.Tensor, width: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """images (N, C, H, W) uint8 -> (b, C, size, size) uint8: image idx[j]'s window (top, left,
+    height, width) resized bilinearly to size x size, mirrored left-right where flip[j]."""
+    r0, r1, wr = _source_taps(top, height, size)                     # (b, size) each
+    c0, c1, wc = _source_taps(left, width, size)
+    mirrored = lambda t: torch.where(flip[:, None], t.flip(1), t)
+    c0, c1, wc = mirrored(c0), mirrored(c1), mirrored(wc)
+    n = idx[:, None, None, None]
+    chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    tap = lambda r, c: images[n, chans, r[:, None, :, None], c[:, None, None, :]].float()   # (b, C, size, size)
+    wr, wc = wr[:, None, :, None], wc[:, None, None, :]
+    upper = tap(r0, c0) * (1 - wc) + tap(r0, c1) * wc
+    lower = tap(r1, c0) * (1 - wc) + tap(r1, c1) * wc
+    return (upper * (1 - wr) + lower * wr).round_().clamp_(0, 255).to(torch.uint8)

@@ -57,9 +57,13 @@ class ClipTrain:
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)          # (3, H, W) uint8
-        top, left, h, w = draw_crop(rng, x.shape[2], x.shape[1])
-        params = TrainParams(top, left, h, w, flip=bool(rng.random() < 0.5))
-        return to_normalized(apply_train(x, params, self.size), CLIP_MEAN, CLIP_STD)
+        return to_normalized(apply_train(x, self.draw(rng, x.shape[1], x.shape[2]), self.size), CLIP_MEAN, CLIP_STD)
+
+    @staticmethod
+    def draw(rng: np.random.Generator, height: int, width: int) -> TrainParams:
+        """One sample's crop box and flip (data/device_loader.py draws the same for each index)."""
+        top, left, h, w = draw_crop(rng, width, height)
+        return TrainParams(top, left, h, w, flip=bool(rng.random() < 0.5))
 
 
 class ClipTest:

@@ -15,6 +15,12 @@ from models.resnet import TorchvisionResNet
 from models.resnet_cifar import CifarResNet
 
 
+# CLIP's image tower was trained on 224-pixel crops normalised with CLIP's mean and std: the
+# standard presets (32-pixel CIFAR, ImageNet statistics) would fail in its position embedding or
+# train silently on the wrong statistics.
+CLIP_INPUT = ("data.preprocess", "clip", "224-pixel inputs with CLIP's mean and std")
+
+
 def _cifar_resnet(depth: int, o: ModelOptions, num_classes: int, class_names=None):
     return CifarResNet(depth, num_classes, o.classifier)
 
@@ -30,8 +36,8 @@ MODELS = {
     "resnet50": Component(partial(_torchvision_resnet, "resnet50"), ModelOptions),   # ImageNet-LT, iNaturalist
     "resnet18": Component(partial(_torchvision_resnet, "resnet18"), ModelOptions),
     # CLIP ViT-B/16 fine-tuning (paper section 5.1, FFT / LIFT rows): head from the class names
-    "clip_vit_b16": Component(partial(build_clip, False), ClipOptions),
-    "clip_tiny": Component(partial(build_clip, True), ClipTinyOptions),   # random tiny CLIP: tests, smoke runs
+    "clip_vit_b16": Component(partial(build_clip, False), ClipOptions, requires=(CLIP_INPUT,)),
+    "clip_tiny": Component(partial(build_clip, True), ClipTinyOptions, requires=(CLIP_INPUT,)),   # tests, smoke runs
 }
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import assert_one_line_error, run_cli
 from core.errors import ConfigError, UserError
-from engine.config import section
+from engine.config import load_config, section
 from losses import build_loss
 from models import build_model
 from models.adapters import AdaptFormer, lift_adapter_dim
@@ -203,6 +203,15 @@ def test_bad_options_are_config_errors(tmp_path):
     weights.write_bytes(b"")                          # present; refused before it is read
     with pytest.raises(UserError, match="data.class_names"):   # ViT-B/16 refuses placeholder names
         build_model(section("model", name="clip_vit_b16", clip_weights=str(weights)), 3, ["class_0", "class_1", "class_2"])
+
+
+@pytest.mark.parametrize("config", ["configs/clip/cifar100_lt/lift_focal_sam.yaml", "configs/clip/imagenet_lt/fft_sgd.yaml"])
+def test_clip_with_the_standard_preprocessing_is_refused_at_load(config):
+    """32-pixel CIFAR inputs break ViT-B/16's position embedding; ImageNet statistics would train
+    silently on the wrong normalisation: both are one config error before anything is built."""
+    from conftest import ROOT
+    with pytest.raises(ConfigError, match=r"data.preprocess: model 'clip_vit_b16' needs data.preprocess: clip"):
+        load_config(os.path.join(ROOT, config), ["data.preprocess=standard"])
 
 
 # ----------------------------------------------------------------------------- weights

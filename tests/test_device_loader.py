@@ -6,8 +6,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from data import build_data
-from data.device_loader import DeviceLoader, EpochSampler, draw_augmentation
-from data.transforms import CIFAR_MEAN, CIFAR_STD, CifarTest, CifarTrain
+from data.arrays import ArrayDataset
+from data.device_loader import DeviceLoader, EpochSampler, draw_augmentation, resized_crops
+from data.transforms import CIFAR_MEAN, CIFAR_STD, CLIP_STD, CifarTest, CifarTrain, ClipTest, ClipTrain
 from engine.config import load_config, section
 from engine.distributed import DistInfo
 from engine.loaders import eval_loader, loader_kind, train_loader
@@ -111,3 +112,53 @@ def test_training_through_either_loader_is_the_same(tiny_config, tmp_path):
     (f0, w0), (f1, w1) = run("workers"), run("device")
     assert f0["top1"] == f1["top1"] and f0["ece"] == f1["ece"]
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+# ------------------------------------------------------------------------- CLIP preprocessing
+def _clip_images(n=24, side=32):
+    return np.random.RandomState(0).randint(0, 256, (n, side, side, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("transform", [ClipTrain(), ClipTest()], ids=["train", "test"])
+def test_clip_batches_are_the_worker_paths_to_one_grey_level(transform):
+    """Same crop boxes and flips as ArrayDataset draws for each (seed, epoch, index); the resize
+    is torchvision's there and ours here: both round to uint8 before normalising, so they agree
+    to one grey level (their fixed-point and float weights round differently)."""
+    images = _clip_images()
+    ds = ArrayDataset(images, np.arange(len(images)), transform, seed=5)
+    ds.set_epoch(2)
+    loader = DeviceLoader(images, np.arange(len(images)), transform, 10, torch.device("cpu"), seed=5)
+    loader.sampler.set_epoch(2)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    seen = []
+    for x, idx in loader:
+        assert x.shape == (len(idx), 3, 224, 224) and x.dtype == torch.float32
+        ref = torch.stack([ds[int(i)][0] for i in idx])
+        levels = ((x - ref) * std * 255).round().abs()
+        assert float(levels.max()) <= 1 and float((levels > 0).float().mean()) < 0.3
+        seen += idx.tolist()
+    assert sorted(seen) == list(range(len(images)))
+
+
+def test_clip_resize_is_bilinear_with_half_pixel_centres():
+    """Before rounding, each output is torch's bilinear interpolate (align_corners=False) of the
+    crop, mirrored where flipped: an independent implementation of the same resize."""
+    images = torch.from_numpy(_clip_images(4)).permute(0, 3, 1, 2).contiguous()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        top, left = torch.randint(0, 16, (2,), generator=g)
+        h, w = int(torch.randint(3, 32 - int(top), (1,), generator=g)), int(torch.randint(3, 32 - int(left), (1,), generator=g))
+        flip = bool(torch.rand(1, generator=g) < 0.5)
+        crop = images[1:2, :, top:top + h, left:left + w].float()
+        ref = torch.nn.functional.interpolate(crop, size=(224, 224), mode="bilinear", align_corners=False)[0]
+        ref = ref.flip(-1) if flip else ref
+        got = resized_crops(images, torch.tensor([1]), top[None], left[None], torch.tensor([h]), torch.tensor([w]),
+                            torch.tensor([flip]), 224)[0].float()
+        assert float((got - ref.round()).abs().max()) <= 1      # ours rounds its own float blend
+
+
+def test_clip_device_loader_refuses_non_square_images():
+    with pytest.raises(ValueError, match="square"):
+        DeviceLoader(np.zeros((2, 8, 10, 3), np.uint8), np.arange(2), ClipTest(), 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="not Nothing"):
+        DeviceLoader(np.zeros((2, 8, 8, 3), np.uint8), np.arange(2), type("Nothing", (), {})(), 2, torch.device("cpu"))
