@@ -219,15 +219,16 @@ def _source_taps(start: torch.Tensor, length: torch.Tensor, size: int):
 def resized_crops(images: torch.Tensor, idx: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
                   height: torch.Tensor, width: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """images (N, C, H, W) uint8 -> (b, C, size, size) uint8: image idx[j]'s window (top, left,
-    height, width) resized bilinearly to size x size, mirrored left-right where flip[j]."""
-    r0, r1, wr = _source_taps(top, height, size)                     # (b, size) each
+    height, width) resized bilinearly to size x size, mirrored left-right where flip[j].
+    Separable: the rows are interpolated first (b, C, size, W), then the columns."""
+    src = images[idx].float()                                              # (b, C, H, W)
+    b, c, h, w = src.shape
+    r0, r1, wr = _source_taps(top, height, size)                          # (b, size) each
     c0, c1, wc = _source_taps(left, width, size)
     mirrored = lambda t: torch.where(flip[:, None], t.flip(1), t)
     c0, c1, wc = mirrored(c0), mirrored(c1), mirrored(wc)
-    n = idx[:, None, None, None]
-    chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    tap = lambda r, c: images[n, chans, r[:, None, :, None], c[:, None, None, :]].float()   # (b, C, size, size)
-    wr, wc = wr[:, None, :, None], wc[:, None, None, :]
-    upper = tap(r0, c0) * (1 - wc) + tap(r0, c1) * wc
-    lower = tap(r1, c0) * (1 - wc) + tap(r1, c1) * wc
-    return (upper * (1 - wr) + lower * wr).round_().clamp_(0, 255).to(torch.uint8)
+    rows = lambda r: src.gather(2, r[:, None, :, None].expand(b, c, size, w))     # (b, C, size, W)
+    by_rows = rows(r0) * (1 - wr[:, None, :, None]) + rows(r1) * wr[:, None, :, None]
+    cols = lambda k: by_rows.gather(3, k[:, None, None, :].expand(b, c, size, size))
+    out = cols(c0) * (1 - wc[:, None, None, :]) + cols(c1) * wc[:, None, None, :]
+    return out.round_().clamp_(0, 255).to(torch.uint8)

@@ -36,8 +36,9 @@ def why_not_capturable(optimizer, amp: str, device: torch.device, distributed: b
     return ""
 
 
-def record_cuda_graph(fn: Callable):
-    """Record `fn()` into a CUDA graph without running it: -> (replay, outputs of fn)."""
+def record_cuda_graph(fn: Callable, model=None, optimizer=None):
+    """Record `fn()` into a CUDA graph without running it: -> (replay, outputs of fn). (`model`
+    and `optimizer`, whose state `fn` changes, are for stand-ins that must undo a real run.)"""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = fn()
@@ -47,7 +48,7 @@ def record_cuda_graph(fn: Callable):
 class CapturedStep:
     """`step(model, images, targets, criterion)` like the optimizer's, replayed from a graph.
 
-    `record(fn) -> (replay, outputs)` records without running (`record_cuda_graph`);
+    `record(fn, model, optimizer) -> (replay, outputs)` records without running (`record_cuda_graph`);
     `side_stream()` is the context of the warm-up steps. Tests pass stand-ins for both to check
     the plumbing on the CPU.
     """
@@ -79,7 +80,8 @@ class CapturedStep:
         if self.replay is not None:   # another shape than the captured one: the partial last batch
             return self.optimizer.step(model, images, targets, criterion)
         self.static = (images.clone(), targets.clone())
-        self.replay, self.outputs = self.record(lambda: self.optimizer.step(model, *self.static, criterion))
+        self.replay, self.outputs = self.record(lambda: self.optimizer.step(model, *self.static, criterion),
+                                                model, self.optimizer)
         self.key = key
         self.captures += 1
         self.replay()              # recording ran nothing: now train on this batch

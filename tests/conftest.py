@@ -7,8 +7,22 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One CPU thread for the tests and the processes they start: their models are tiny, so threads
+# cost more than they give, and on a busy machine OpenMP's waiting threads make them far slower
+# (a ResNet-32 test took 21 s with two threads beside four busy processes, 3.4 s with one). A test
+# that needs several threads sets them itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    import torch
+    torch.set_num_threads(1)
 
 
 def pixel_pattern(index: np.ndarray) -> np.ndarray:
@@ -49,6 +63,33 @@ def full_size_labels(num_classes: int, per_class: int, seed: int = 1) -> np.ndar
     labels = np.repeat(np.arange(num_classes), per_class)
     np.random.RandomState(seed).shuffle(labels)
     return labels
+
+
+# ImageNet-style JPEG trees (ImageNet-LT / iNaturalist layout) of assorted image sizes
+SIZES = [(40, 30), (50, 64), (33, 33), (70, 45)]
+
+
+def write_tree(root, counts=(6, 4, 2, 1), test_per_class=2):
+    """root/train/n0000k/k_i.JPEG and root/val/n0000k/v_i.JPEG, plus the two list files."""
+    rng = np.random.RandomState(0)
+    lines = {"train": [], "val": []}
+    for split, per_class in (("train", counts), ("val", [test_per_class] * len(counts))):
+        for k, n in enumerate(per_class):
+            folder = os.path.join(root, split, f"n{k:05d}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                w, h = SIZES[(k + i) % len(SIZES)]
+                base = np.linspace(0, 255, w * h * 3).reshape(h, w, 3) * (k + 1) / len(counts)
+                img = np.clip(base + rng.randint(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                rel = f"{split}/n{k:05d}/{split[0]}_{i}.JPEG"
+                Image.fromarray(img).save(os.path.join(root, rel), quality=90)
+                lines[split].append(f"{rel} {k}")
+    paths = {}
+    for split, name in (("train", "train.txt"), ("val", "test.txt")):
+        paths[split] = os.path.join(root, name)
+        with open(paths[split], "w") as f:
+            f.write("\n".join(lines[split]) + "\n")
+    return paths
 
 
 TINY = {
@@ -111,3 +152,46 @@ def tiny_run(tmp_path_factory):
     path.write_text(yaml.safe_dump(deep_merge(TINY, {"train": {"epochs": 1}})))
     engine.trainer.fit(load_config(str(path)), str(root / "run"))
     return str(root / "run")
+
+
+# ------------------------------------------------------------------ CUDA graphs, stood in on the CPU
+def stand_in_record(fn, model, optimizer):
+    """A stand-in for engine.capture.record_cuda_graph on the CPU: 'records' by running the step
+    on a snapshot that it then puts back (recording trains nothing, as with a CUDA graph) and
+    'replays' by running the closure again on the static input tensors, writing into the outputs
+    it returned. A static input not refreshed, a batch trained twice or skipped, or a stale
+    epoch's values would change the weights."""
+    import copy
+    saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    outputs = fn()
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+
+    def replay():
+        for o, n in zip(outputs, fn()):
+            o.copy_(n)
+    return replay, outputs
+
+
+class NoSideStream:
+    """The warm-up steps' side stream, stood in on the CPU."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def cuda_graphs_on_cpu(monkeypatch):
+    """train.capture=step accepted on the CPU, with the stand-in recorder (engine/capture.py's
+    only device-specific parts replaced)."""
+    import engine.capture
+    import engine.trainer
+    real = engine.capture.why_not_capturable
+    import torch
+    monkeypatch.setattr(engine.trainer, "why_not_capturable",
+                        lambda opt, amp, device, distributed: real(opt, amp, torch.device("cuda"), distributed))
+    monkeypatch.setattr(engine.capture, "record_cuda_graph", stand_in_record)
+    monkeypatch.setattr(engine.capture, "_cuda_side_stream", NoSideStream)

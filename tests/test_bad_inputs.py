@@ -27,10 +27,9 @@ import engine.build
 import engine.trainer as trainer
 import eval as eval_cli
 import train as train_cli
-from conftest import ROOT, TINY, write_cifar
+from conftest import write_tree, ROOT, TINY, write_cifar
 from engine.cli import folder_lock
 from engine.loaders import quiet_worker
-from test_listfile import write_tree
 
 MAX_LINE = 500   # "short": one line a terminal shows whole, with two temporary paths in it
 

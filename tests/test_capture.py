@@ -7,31 +7,16 @@ not refreshed, a batch trained twice or skipped, the last partial batch or a new
 mishandled, the weights would differ from the eager run's. On a CUDA device the real graph is
 compared with eager (skipped without one).
 """
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
 
+from conftest import NoSideStream, stand_in_record
 from engine.capture import CapturedStep, why_not_capturable
 from models.resnet_cifar import CifarResNet
 from optim import SAM, SGD, FocalSAM, ImbSAM
 
 COUNTS = [30, 12, 5]
-
-
-def fake_recorder(model, optimizer):
-    def record(fn):
-        saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-        outputs = fn()
-        model.load_state_dict(saved[0])
-        optimizer.load_state_dict(saved[1])
-
-        def replay():
-            for o, n in zip(outputs, fn()):
-                o.copy_(n)
-        return replay, outputs
-    return record
 
 
 def batches(device, steps=7, b=8, last=3):
@@ -56,7 +41,7 @@ def train(name, device, captured, epochs=2, fake=False):
     crit = nn.CrossEntropyLoss(reduction="none")
     stepper = opt
     if captured:
-        extra = dict(record=fake_recorder(model, opt), side_stream=_nothing) if fake else {}
+        extra = dict(record=stand_in_record, side_stream=NoSideStream) if fake else {}
         stepper = CapturedStep(opt, warmup=2, **extra)
     losses = []
     for epoch in range(epochs):
@@ -68,14 +53,6 @@ def train(name, device, captured, epochs=2, fake=False):
             loss, logits = stepper.step(model, x, y, crit)
             losses.append(float(loss))
     return model.state_dict(), opt.state_dict(), losses, stepper
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, write_tree
 from data import build_data
 from data.augment import draw_crop, draw_train_params, eval_resize
 from engine.config import load_config, section
@@ -18,30 +18,6 @@ from engine.loaders import DeviceStageLoader, eval_loader, train_loader
 from engine.distributed import DistInfo
 
 COUNTS = [6, 4, 2, 1]
-SIZES = [(40, 30), (50, 64), (33, 33), (70, 45)]
-
-
-def write_tree(root, counts=COUNTS, test_per_class=2):
-    """root/train/n0000k/k_i.JPEG and root/val/n0000k/v_i.JPEG, plus the two list files."""
-    rng = np.random.RandomState(0)
-    lines = {"train": [], "val": []}
-    for split, per_class in (("train", counts), ("val", [test_per_class] * len(counts))):
-        for k, n in enumerate(per_class):
-            folder = os.path.join(root, split, f"n{k:05d}")
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                w, h = SIZES[(k + i) % len(SIZES)]
-                base = np.linspace(0, 255, w * h * 3).reshape(h, w, 3) * (k + 1) / len(counts)
-                img = np.clip(base + rng.randint(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-                rel = f"{split}/n{k:05d}/{split[0]}_{i}.JPEG"
-                Image.fromarray(img).save(os.path.join(root, rel), quality=90)
-                lines[split].append(f"{rel} {k}")
-    paths = {}
-    for split, name in (("train", "train.txt"), ("val", "test.txt")):
-        paths[split] = os.path.join(root, name)
-        with open(paths[split], "w") as f:
-            f.write("\n".join(lines[split]) + "\n")
-    return paths
 
 
 def data_cfg(root, lists, **kw):
