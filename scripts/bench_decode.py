@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 
+import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from core.args import ArgumentParser, at_least
 from data.listfile import IMAGENET_MEAN, IMAGENET_STD, ListDataset, collate_encoded
 from engine.cli import user_errors

@@ -40,6 +40,7 @@ import time
 
 import torch
 
+import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from core.args import ArgumentParser, at_least
 from core.errors import ConfigError
 from engine.build import build_run

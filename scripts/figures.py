@@ -19,6 +19,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from analysis import commands, measure, paper, plots
 from analysis.outputs import prepare_out, read_json, write_csv, write_json
 from core.errors import UserError

@@ -17,8 +17,7 @@ import io
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from _root import ROOT  # noqa: E402  (the repository on the import path)
 
 from data.download import fetch_text, write_atomic                                      # noqa: E402
 from data.split_lists import IMAGENET_LT_TRAIN, check_split, parse_list, read_list, summary  # noqa: E402

@@ -22,8 +22,7 @@ import os
 import sys
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from _root import ROOT  # noqa: E402  (the repository on the import path)
 
 from data.download import fetch_text, write_atomic                     # noqa: E402
 from data.split_lists import (INAT2018_TRAIN, INAT2018_VAL, Expected,   # noqa: E402

@@ -17,6 +17,7 @@ import re
 import sys
 
 
+import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from engine.cli import user_errors
 from core.errors import UserError
 from repro import collect, imbsam, plots, spec

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from engine.config import options_table
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")

@@ -20,6 +20,7 @@ import shlex
 import sys
 
 
+import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from core.errors import UserError
 from engine.cli import user_errors
 from repro import runner, spec
