@@ -80,6 +80,30 @@ def test_cuda_graph_step_equals_eager(name):
         torch.testing.assert_close(model[k], t, rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_of_seeds_trained_together_equals_eager():
+    """Seeds trained together (one StackedModels) under the real CUDA graph: the captured Focal-SAM
+    step of the stacked members equals their eager step, as train.py --seeds with train.capture=step
+    runs it; tolerance as above."""
+    from models.stacked import StackedModels
+
+    def run(captured):
+        torch.manual_seed(3)
+        model = StackedModels([CifarResNet(8, len(COUNTS), "linear") for _ in range(3)]).cuda()
+        opt = MAKERS["focal_sam"](model.parameters())
+        stepper = CapturedStep(opt, warmup=2) if captured else opt
+        crit = nn.CrossEntropyLoss(reduction="none")
+        g = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            x, y = torch.randn(3, 8, 3, 8, 8, generator=g), torch.randint(0, 3, (3, 8), generator=g)
+            stepper.step(model, x.cuda(), y.cuda(), crit)
+        return model.state_dict(), stepper
+    (ref, _), (got, stepper) = run(False), run(True)
+    assert stepper.captures == 1
+    for k, t in ref.items():
+        torch.testing.assert_close(got[k], t, rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_what_cannot_be_captured():
     p = [nn.Parameter(torch.zeros(2))]
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

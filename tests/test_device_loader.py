@@ -162,3 +162,23 @@ def test_clip_device_loader_refuses_non_square_images():
         DeviceLoader(np.zeros((2, 8, 10, 3), np.uint8), np.arange(2), ClipTest(), 2, torch.device("cpu"))
     with pytest.raises(ValueError, match="not Nothing"):
         DeviceLoader(np.zeros((2, 8, 8, 3), np.uint8), np.arange(2), type("Nothing", (), {})(), 2, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("transform", [CifarTrain(), CifarTest(), ClipTrain(), ClipTest()],
+                         ids=["cifar-train", "cifar-test", "clip-train", "clip-test"])
+def test_device_loader_on_cuda_equals_the_cpu(transform):
+    """The same batches on the GPU as on the CPU: CIFAR's crop, flip and normalisation bit for bit
+    (index arithmetic, correctly rounded division); CLIP's resize to one grey level (the GPU may
+    fuse the blend's multiply-adds)."""
+    images = _clip_images(40)
+    make = lambda device: DeviceLoader(images, np.arange(40), transform, 16, torch.device(device), seed=3)
+    cpu, gpu = make("cpu"), make("cuda")
+    for loader in (cpu, gpu):
+        loader.sampler.set_epoch(1)
+    for (x0, y0), (x1, y1) in zip(cpu, gpu):
+        assert torch.equal(y0, y1.cpu())
+        if isinstance(transform, (CifarTrain, CifarTest)):
+            assert torch.equal(x0, x1.cpu())
+        else:
+            assert float(((x0 - x1.cpu()) * torch.tensor(CLIP_STD).view(3, 1, 1) * 255).abs().max()) <= 1.01

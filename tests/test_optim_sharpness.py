@@ -26,16 +26,58 @@ def make_model(kind, seed=0):
     return (MLP() if kind == "mlp" else ConvBN()).double()
 
 
-def run_and_compare(kind, momentum, make_opt, a, c, data=None):
+def run_and_compare(kind, momentum, make_opt, a, c, data=None, device="cpu"):
+    """`device`: where the optimizer runs (the float64 reference runs on the CPU)."""
     model = make_model(kind)
     ref_model, params, bufs = reference_copy(model), params_of(model), {}
+    model.to(device)
     opt = make_opt(model)
     for x, y in data or batches(kind):
-        opt.step(model, x, y, per_sample_ce)
+        opt.step(model, x.to(device), y.to(device), per_sample_ce)
         params = weighted_sam_reference(ref_model, params, bufs, x, y, a, c, RHO, LR, momentum, WD)
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), params[n], rtol=0, atol=1e-10, msg=n)
+        torch.testing.assert_close(p.detach().cpu(), params[n], rtol=0, atol=1e-10, msg=n)
     return model
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["sam", "imbsam", "focal_sam"])
+def test_steps_on_cuda_equal_the_float64_reference(name):
+    """The same float64 check with the optimizer on the GPU (cuDNN's convolutions, device-side
+    class weights): every pass of the update, exactly as on the CPU."""
+    if name == "sam":
+        a, c = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+        make = lambda m: SAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO)
+    elif name == "imbsam":
+        a, c = imbsam_weights(COUNTS, eta=100)
+        make = lambda m: ImbSAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, eta=100,
+                                class_counts=COUNTS)
+    else:
+        a, c = focal_sam_weights(COUNTS, 3.0, 0.8)
+        make = lambda m: FocalSAM(m.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, gamma=3.0,
+                                  lam=0.8, class_counts=COUNTS)
+    run_and_compare("convbn", 0.9, make, a, c, device="cuda")
+
+
+@CUDA
+def test_bf16_focal_sam_step_on_cuda_is_close_to_fp32():
+    """bf16 autocast keeps 8 bits of mantissa: one step's update stays within 10% of fp32's (in
+    norm), and the weights stay float32."""
+    deltas = []
+    for amp in ("none", "bf16"):
+        model = make_model("convbn").float().cuda()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = FocalSAM(model.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, gamma=3.0, lam=0.8,
+                       class_counts=COUNTS, amp=amp)
+        x, y = batches("convbn")[0]
+        opt.step(model, x.float().cuda(), y.cuda(), per_sample_ce)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]))
+    fp32, bf16 = deltas
+    assert float((bf16 - fp32).norm() / fp32.norm()) < 0.1
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convbn"])
