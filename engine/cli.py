@@ -190,6 +190,20 @@ def check_report_path(path: str, checkpoint: str, option: str = "--out") -> None
         raise UserError(f"cannot write {option} {path}: {e.strerror or e}; choose a writable path") from None
 
 
+def check_out_folder(folder: str, option: str = "--out") -> str:
+    """An output folder (reports, figures): created if absent and shown writable before any work,
+    so that a typo costs no computation and no traceback; -> the folder."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder} ({option}) is a file; give a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({option}): {e.strerror or e}; choose a writable folder") from None
+    return folder
+
+
 class Terminated(Exception):
     """SIGTERM: torchrun stops the other ranks this way when one fails, schedulers on cancel."""
 
