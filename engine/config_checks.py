@@ -10,9 +10,9 @@ import dataclasses
 import re
 from typing import Callable, Iterator, Optional, Tuple
 
+from core.args import SEED_MAX   # numpy.random.seed and np.random.default_rng accept 0 .. 2**32 - 1
 from core.errors import ConfigError
 
-SEED_MAX = 2**32 - 1              # numpy.random.seed and np.random.default_rng accept 0 .. 2**32 - 1
 FLOAT32_MAX = 3.4028234663852886e38   # values end up in float32 tensors (lr, rho, weights)
 MAX_EPOCHS = 100_000              # schedules are expanded into one value per epoch at start-up
 MAX_WORKERS = 128                 # loader processes per training process
