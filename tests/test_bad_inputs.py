@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -124,6 +125,10 @@ VALUE_CASES = [
     (["loss.tau=.inf"], "loss.tau: must be a finite number"),
     (["optim.lr=1e300"], "optim.lr: must be a finite number (float32 range)"),
     (["data.num_workers=1000"], "data.num_workers: must be 0..128"),
+    (["data.loader_timeout_seconds=0"], "data.loader_timeout_seconds: must be in (0, 86,400] seconds"),
+    (["data.loader_timeout_seconds=1e6"], "data.loader_timeout_seconds: must be in (0, 86,400] seconds"),
+    (["data.loader_timeout_seconds=.inf"], "data.loader_timeout_seconds: must be a finite number"),
+    (["data.loader_timeout_seconds=soon"], "data.loader_timeout_seconds: expected float"),
     (["train.compile=model", "optim.clean_backward=batched"], "optim.clean_backward: batched cannot run through a compiled"),
     (["data.image_size=100000"], "data.image_size: must be 8..1024"),
     (["data.max_per_class=1000000000"], "data.max_per_class: must be 1..100,000"),
@@ -629,37 +634,65 @@ def test_a_live_run_holds_its_folder_and_stops_cleanly_with_its_workers(tmp_path
         pass
 
 
-class SlowDataset(torch.utils.data.Dataset):
+class StalledDataset(torch.utils.data.Dataset):
+    """Items that wait for the test, not for a clock: a loader worker blocks reading a pipe inside
+    `__getitem__` until `release()`, however busy the machine is."""
+
+    def __init__(self):
+        self.gate, self.opener = os.pipe()
+        self.started, self.starting = os.pipe()
+
     def __len__(self):
         return 2
 
     def __getitem__(self, i):
-        time.sleep(3)
+        os.write(self.starting, b"s")
+        os.read(self.gate, 1)
         return i
 
+    def wait_started(self) -> None:
+        """Return once a worker is inside __getitem__ (the bound only turns a hang into a failure)."""
+        assert select.select([self.started], [], [], 600)[0], "no loader worker started"
+        os.read(self.started, 1)
 
-def marked_worker_init(marker):
-    def init(worker_id):
-        quiet_worker(worker_id)
-        open(marker, "w").close()
-    return init
+    def release(self) -> None:
+        os.write(self.opener, b"x" * len(self))
+        for fd in (self.gate, self.opener, self.started, self.starting):
+            os.close(fd)
 
 
 def test_loader_workers_do_not_keep_the_run_folder_locked(tmp_path):
     """A worker forked while the lock is held must not keep it after the main process lets go
     (a killed main process's workers live up to 5 s; torchrun's restart would find the folder locked)."""
-    marker = tmp_path / "worker_started"
+    data = StalledDataset()
     held = folder_lock(str(tmp_path))
     held.__enter__()
-    loader = torch.utils.data.DataLoader(SlowDataset(), num_workers=1, worker_init_fn=marked_worker_init(marker))
-    batches = iter(loader)                  # forks the worker now, while the lock is held
-    deadline = time.time() + 60
-    while not marker.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    batches = iter(torch.utils.data.DataLoader(data, num_workers=1, worker_init_fn=quiet_worker))   # forks now
+    data.wait_started()
     held.__exit__(None, None, None)
-    with folder_lock(str(tmp_path)):        # free although the worker is still alive
-        pass
+    with folder_lock(str(tmp_path)):        # free although the worker is alive (blocked in __getitem__)
+        assert all(w.is_alive() for w in batches._workers)
+    data.release()
     del batches
+
+
+def test_a_stalled_loader_stops_after_data_loader_timeout_seconds(tmp_path, capsys):
+    """The worker never delivers: after the configured wait, one line and how to go on."""
+    from engine.cli import user_errors
+    from engine.config import section
+    from engine.distributed import DistInfo
+    from engine.loaders import eval_loader
+    data = StalledDataset()
+    cfg = section("data", name="synthetic", loader="workers", num_workers=1, loader_timeout_seconds=0.5)
+    loader = eval_loader(data, 1, DistInfo(), cfg)
+
+    def first_batch(argv):
+        with user_errors(resume_hint=str(tmp_path)):
+            next(iter(loader))
+    assert_one_line(call(first_batch, [], capsys), "no batch from the data loader in 0.5 s "
+                    "(data.loader_timeout_seconds)", "no checkpoint was written yet")
+    data.release()          # the persistent workers finish their items and stop with the loader
+    del loader
 
 
 def test_a_signal_during_a_write_waits_until_the_file_is_in_place(tmp_path):
