@@ -501,6 +501,43 @@ def test_resume_command_only_when_a_checkpoint_exists(tiny, tmp_path, capsys, mo
                     f"continue with: python train.py --resume {tmp_path / 'b'}")
 
 
+@pytest.mark.parametrize("names", [("config.yaml", "summary.csv"), ("metrics.jsonl",), ("tb",), ("final.json",)])
+def test_a_users_files_named_like_a_runs_are_never_overwritten(tiny, tmp_path, capsys, names):
+    """A folder of the user's holding (say) their own config.yaml and summary.csv is not a run of
+    ours: refused, every file as it was, nothing added (not even the lock file)."""
+    home = tmp_path / "results"
+    home.mkdir()
+    for name in names:
+        (home / name).write_text(f"the user's own {name}\n")
+    before = {n: (home / n).read_bytes() for n in os.listdir(home)}
+    assert_one_line(train(capsys, "--config", tiny, "--out", home), f"--out {home} holds {', '.join(sorted(names))} "
+                    "but is not a run folder of train.py (no .lt-sam-run)", "choose a new or empty folder")
+    assert {n: (home / n).read_bytes() for n in os.listdir(home)} == before
+
+
+def test_runs_of_ours_start_again_or_resume_with_or_without_the_marker(tiny, tmp_path, capsys, monkeypatch):
+    """What scripts/run_table.py relies on: a folder holding only its log files takes a new run; an
+    attempt stopped before its first checkpoint starts again; a run from before the marker existed
+    (last.pt + metrics.jsonl, no .lt-sam-run) resumes and is marked."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("train.log", "command.json"):          # the runner writes these before train.py starts
+        (out / name).write_text("the runner's\n")
+    interrupt_in_epoch(monkeypatch, 0)
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), "interrupted", "no checkpoint was written yet")
+    assert (out / ".lt-sam-run").is_file() and (out / "config.yaml").is_file() and not (out / "last.pt").exists()
+    (out / "FAILED").write_text("exit 130\n")
+    monkeypatch.undo()
+    interrupt_in_epoch(monkeypatch, 1)                   # the retry: starts again, checkpoints epoch 0
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), f"--resume {out}")
+    monkeypatch.undo()
+    (out / ".lt-sam-run").unlink()                       # as a run written before this marker existed
+    code, err = train(capsys, "--resume", out)
+    assert code in (0, None), err
+    assert (out / ".lt-sam-run").is_file() and json.loads((out / "final.json").read_text())["epochs"] == 3
+    assert (out / "train.log").read_text() == "the runner's\n"
+
+
 def test_a_torn_last_metrics_line_does_not_block_resume(tiny, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupt_in_epoch(monkeypatch, 1)
