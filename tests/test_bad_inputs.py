@@ -569,6 +569,70 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tiny, tmp
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]             # no temporary file left
 
 
+class FillingDisk:
+    """A file on a disk with `room` bytes left, as Python's buffered file meets it: the write that
+    crosses the end fails with ENOSPC, later writes land in the buffer and fail at flush."""
+
+    def __init__(self, f, room: int):
+        self.file, self.room, self.full = f, room, False
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if self.full:
+            return len(data)
+        if len(data) > self.room:
+            self.file.write(data[:self.room])
+            self.full = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.file.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_disk_that_fills_inside_torch_save_stops_with_one_line(tiny, tmp_path, capsys, monkeypatch):
+    """The real torch.save on a filling disk: its zip writer reports the ENOSPC of a write as
+    RuntimeError "unexpected pos" when it closes the archive (37 lines of traceback before)."""
+    import engine.checkpoint
+    out = tmp_path / "run"
+    real_write, calls = engine.checkpoint.atomic_write, []
+
+    def atomic_write(path, write):      # the disk fills while epoch 1's checkpoint is written
+        calls.append(1)
+        return real_write(path, (lambda f: write(FillingDisk(f, 100_000))) if len(calls) == 2 else write)
+    monkeypatch.setattr(engine.checkpoint, "atomic_write", atomic_write)
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), f"cannot write {out / 'last.pt'}: No space left "
+                    "on device", f"the last checkpoint is kept, continue with: python train.py --resume {out}")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1     # epoch 0's checkpoint, intact
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_a_file_size_limit_stops_a_real_process_with_one_line(tiny, tmp_path, capsys, monkeypatch):
+    """`ulimit -f` below a checkpoint's size on --resume: EFBIG (Python ignores SIGXFSZ), one line,
+    the earlier checkpoint intact."""
+    import resource
+    out = tmp_path / "run"
+    interrupt_in_epoch(monkeypatch, 1)
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), f"--resume {out}")
+    good = (out / "last.pt").read_bytes()
+    limit = len(good) // 2                                           # bytes: half a checkpoint
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    proc = subprocess.run([sys.executable, "train.py", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=limited, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_one_line((proc.returncode, proc.stderr), f"cannot write {out / 'last.pt'}: File too large",
+                    f"continue with: python train.py --resume {out}")
+    assert (out / "last.pt").read_bytes() == good
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
 def test_a_full_disk_while_logging(tiny, tmp_path, capsys, monkeypatch):
     import engine.report
     real_fsync = os.fsync
