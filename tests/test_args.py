@@ -56,3 +56,18 @@ def test_a_malformed_argument_is_one_line(path, capsys):
         load(path).main(["--no-such-option"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_no_float_option_reads_plain_float():
+    """float() accepts 'nan' and 'inf': every float option of every program reads finite_float."""
+    import ast
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "runs")]
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read(), path)):
+                if isinstance(node, ast.keyword) and node.arg == "type" and \
+                        isinstance(node.value, ast.Name) and node.value.id == "float":
+                    found.append(f"{os.path.relpath(path, ROOT)}:{node.value.lineno}")
+    assert not found, f"type=float (use core.args.finite_float): {found}"
