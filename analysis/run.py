@@ -70,7 +70,7 @@ def run_paths(path: str, config: Optional[str] = None) -> Tuple[str, str, str]:
             raise UserError(f"no checkpoint in {path} (expected last.pt, written by train.py after each epoch)")
     else:
         folder, checkpoint = os.path.dirname(os.path.abspath(path)), path
-    if config and not os.path.isfile(config):
+    if config and not os.path.isfile(config):   # before --out is created: a typo must not create folders
         raise UserError(f"--config {config}: " + ("a folder, not a file" if os.path.isdir(config) else "file not found"))
     config = config or os.path.join(folder, "config.yaml")
     if not os.path.isfile(config):

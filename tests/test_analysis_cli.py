@@ -188,7 +188,7 @@ def test_bad_input_is_one_error_line(tiny_run, tmp_path, capsys, argv, fragment)
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and fragment.format(**names) in err[0], err
     assert not (tmp_path / "nope").exists()
-    assert not out.exists() or os.listdir(out) == []
+    assert not out.exists() or os.listdir(out) == []             # nothing written
 
 
 def test_a_checkpoint_of_another_architecture_names_the_tensor_and_shapes(tiny_run, tmp_path, capsys):

@@ -249,6 +249,8 @@ def test_eval_outputs_and_checkpoints(finished_run, tmp_path, capsys):
     assert_one_line(evaluate(ckpt, "--out", tmp_path / "afile" / "sub" / "e.json"), "Not a directory")
     assert_one_line(evaluate(tmp_path / "nope.pt", "--config", cfg), "checkpoint not found")
     assert_one_line(evaluate(tmp_path / "lonely.pt"), "no --config given and no config.yaml beside")
+    assert_one_line(evaluate(ckpt, "--config", tmp_path / "missing.yaml"), f"config file not found: "
+                    f"{tmp_path / 'missing.yaml'}")               # the file given, not config.yaml beside
     (tmp_path / "text.pt").write_text("not a checkpoint")
     assert_one_line(evaluate(tmp_path / "text.pt", "--config", cfg), "cannot load checkpoint", "corrupt")
     torch.save({"format": "lt-sam/1"}, str(tmp_path / "empty.pt"))
