@@ -71,7 +71,8 @@ def run_paths(path: str, config: Optional[str] = None) -> Tuple[str, str, str]:
     else:
         folder, checkpoint = os.path.dirname(os.path.abspath(path)), path
     if config and not os.path.isfile(config):   # before --out is created: a typo must not create folders
-        raise UserError(f"--config {config}: " + ("a folder, not a file" if os.path.isdir(config) else "file not found"))
+        problem = "a folder, not a file" if os.path.isdir(config) else "file not found"
+        raise UserError(f"--config {config}: {problem}")
     config = config or os.path.join(folder, "config.yaml")
     if not os.path.isfile(config):
         raise UserError(f"no config.yaml in {folder}; pass --config FILE (the run's resolved config)")

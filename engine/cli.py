@@ -59,8 +59,9 @@ def check_run_folder(out: str) -> None:
                             "outputs only: choose a new or empty folder")
         would_overwrite = sorted(n for n in OUTPUTS if os.path.exists(os.path.join(out, n)))
         if would_overwrite and not os.path.isfile(os.path.join(out, RUN_MARKER)):
-            raise UserError(f"--out {out} holds {_shown(would_overwrite)} but is not a run folder of train.py (no "
-                            f"{RUN_MARKER}); a new run would overwrite them: choose a new or empty folder, or move them away")
+            raise UserError(f"--out {out} holds {_shown(would_overwrite)} but is not a run folder of train.py "
+                            f"(no {RUN_MARKER}); a new run would overwrite them: choose a new or empty folder, "
+                            "or move them away")
 
 
 def _shown(names) -> str:

@@ -3,9 +3,9 @@ by an unpadded shard so that the gathered predictions cover every test image exa
 
 A loader never hangs a run silently: with workers, a batch that takes longer than
 `data.loader_timeout_seconds` stops the run with one line and the resume command (a stalled
-network file system, a stuck worker), and so does a worker that dies (out of memory). Workers never print
-tracebacks of their own when the process group is stopped: they ignore Ctrl-C (the main process
-stops and shuts them down) and leave quietly on SIGTERM.
+network file system, a stuck worker), and so does a worker that dies (out of memory). Workers
+never print tracebacks of their own when the process group is stopped: they ignore Ctrl-C (the
+main process stops and shuts them down) and leave quietly on SIGTERM.
 
 In-memory sets (CIFAR-LT, synthetic) can instead live on the training device
 (`data.loader: device`, the default on CUDA): data/device_loader.py, the same order and the same

@@ -103,7 +103,8 @@ def test_an_unwritable_report_folder_is_refused_before_any_evaluation(tmp_path, 
     finished = tmp_path / "imagenet_lt" / "fft_sgd" / "seed0"
     finished.mkdir(parents=True)
     (finished / "final.json").write_text("{}")      # a finished run without ood.json: it would be evaluated
-    monkeypatch.setattr(ood_tables, "evaluate", lambda *a: pytest.fail("evaluated before the report folder was checked"))
+    monkeypatch.setattr(ood_tables, "evaluate",
+                        lambda *a: pytest.fail("evaluated before the report folder was checked"))
     with pytest.raises(SystemExit) as e:
         ood_tables.main(["--out-root", str(tmp_path), "--sketch", str(tmp_path), "--seeds", "0"])
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
