@@ -12,6 +12,7 @@ In-memory sets (CIFAR-LT, synthetic) can instead live on the training device
 iterator, with crop and flip done on the device."""
 import os
 import signal
+import sys
 import threading
 
 import torch
@@ -49,17 +50,29 @@ def quiet_worker(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _leave_quietly)
     threading.excepthook = _quiet_lost_connection
+    sys.excepthook = _quiet_lost_connection_sys
     from engine.cli import close_inherited_locks   # the CLI layer: imported only in workers
     close_inherited_locks()
+
+
+LOST_CONNECTION = (BrokenPipeError, ConnectionResetError, EOFError)
 
 
 def _quiet_lost_connection(args) -> None:
     """A worker's helper threads (multiprocessing's resource sharer, which hands batch tensors'
     file descriptors to the main process) print a BrokenPipeError traceback when the main
     process stopped first (Ctrl-C): expected then, and not the worker's to report."""
-    if issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError, EOFError)):
+    if issubclass(args.exc_type, LOST_CONNECTION):
         return
     threading.__excepthook__(args)
+
+
+def _quiet_lost_connection_sys(exc_type, exc, tb) -> None:
+    """The same for sys.excepthook: the resource sharer's thread catches its own errors and
+    reports them through sys.excepthook, not threading.excepthook."""
+    if issubclass(exc_type, LOST_CONNECTION):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
 
 
 class GuardedLoader:

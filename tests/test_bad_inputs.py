@@ -7,6 +7,7 @@ captured): a case costs milliseconds, not a Python start-up. A real process is u
 one is needed: a run holding its folder's lock while another launch tries it, and signals sent
 to a process group with loader workers.
 """
+import contextlib
 import errno
 import importlib.util
 import json
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -735,6 +737,49 @@ def test_a_live_run_holds_its_folder_and_stops_cleanly_with_its_workers(tmp_path
     assert_one_line((proc.returncode, err), f"continue with: python train.py --resume {out}")
     with folder_lock(str(out)):     # the kernel released the lock with the process: no stale lock
         pass
+
+
+class HungUpListener:
+    """multiprocessing's resource sharer listener, as a worker's sharer thread meets it after the
+    main process stopped: the first hand-over fails (the main process hung up), then a real bug,
+    then the stop message."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def accept(self):
+        self.calls += 1
+        if self.calls == 1:
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if self.calls == 2:
+            raise ValueError("a real bug")
+        return contextlib.nullcontext(types.SimpleNamespace(recv=lambda: None))
+
+
+def test_a_worker_whose_main_process_hung_up_prints_no_traceback():
+    """Ctrl-C while a worker hands a batch over: its resource sharer thread reports the broken pipe
+    through sys.excepthook (not threading.excepthook), one traceback per worker under the
+    'interrupted' line; quiet_worker silences that case only. Runs the sharer's own loop in a
+    forked worker, so the race that showed it on a busy machine is not needed."""
+    from multiprocessing import resource_sharer
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the worker
+        try:
+            os.close(read_end)
+            sys.stderr = os.fdopen(write_end, "w")
+            quiet_worker(0)
+            sharer = resource_sharer._ResourceSharer()
+            sharer._listener = HungUpListener()
+            sharer._serve()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        err = f.read()
+    os.waitpid(pid, 0)
+    assert "ValueError: a real bug" in err and "BrokenPipeError" not in err, err
 
 
 class StalledDataset(torch.utils.data.Dataset):
