@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with user_errors():
         config = args.config or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.yaml")
-        if not os.path.isfile(config):
+        if not args.config and not os.path.isfile(config):   # a --config given: load_config names it
             raise UserError(f"no --config given and no config.yaml beside {args.checkpoint}; pass --config FILE")
         cfg = load_config(config, args.set)
         beside = lambda name: os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), name)

@@ -2,9 +2,10 @@
 measure.py, writing JSON / CSV / PNG. scripts/figures.py calls the same `*_report` functions."""
 import argparse
 import dataclasses
+import math
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -14,17 +15,10 @@ from analysis.groups import resolve_group
 from analysis.outputs import prepare_out, write_csv, write_json
 from analysis.run import CLASS_WEIGHTS, load_run, run_paths
 from analysis.sharpness import DIRECTIONS
+from core.args import ArgumentParser, finite_float, seed
 from core.errors import UserError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class Parser(argparse.ArgumentParser):
-    """Argument mistakes as one `error:` line (exit 2), like every other bad input."""
-
-    def error(self, message: str):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 def common_arguments(p: argparse.ArgumentParser, run_required: bool = True) -> None:
@@ -36,7 +30,7 @@ def common_arguments(p: argparse.ArgumentParser, run_required: bool = True) -> N
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the run's config, e.g. --set data.root=DIR (repeatable)")
     p.add_argument("--device", default="auto", help="auto (a GPU when visible), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="subset, probe vectors and directions (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="subset, probe vectors and directions (default 0)")
     p.add_argument("--bn", choices=measure.BN_MODES, default="eval",
                    help="BatchNorm statistics: eval = running (default), train = each batch's own")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="arithmetic of the analysis")
@@ -53,11 +47,11 @@ def hessian_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=o.samples, help="training samples per group")
     p.add_argument("--batch-size", type=int, default=o.batch_size, help="samples per Hessian-vector product pass")
     p.add_argument("--power-iters", type=int, default=o.power_iters, help="power iteration: most products")
-    p.add_argument("--power-tol", type=float, default=o.power_tol, help="power iteration: relative tolerance")
+    p.add_argument("--power-tol", type=finite_float, default=o.power_tol, help="power iteration: relative tolerance")
     p.add_argument("--trace-samples", type=int, default=o.trace_samples, help="Hutchinson probes")
     p.add_argument("--slq-runs", type=int, default=o.slq_runs, help="SLQ start vectors")
     p.add_argument("--slq-steps", type=int, default=o.slq_steps, help="Lanczos steps per SLQ start vector")
-    p.add_argument("--sigma", type=float, default=o.sigma, help="Gaussian broadening, relative to the spectrum width")
+    p.add_argument("--sigma", type=finite_float, default=o.sigma, help="Gaussian broadening, relative to the spectrum width")
 
 
 def landscape_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +61,7 @@ def landscape_arguments(p: argparse.ArgumentParser) -> None:
                    help="head, medium, tail, all, or classes like 0,1,2 / names (default: head tail)")
     p.add_argument("--samples", type=int, default=o.samples, help="training samples per group")
     p.add_argument("--batch-size", type=int, default=o.batch_size)
-    p.add_argument("--span", type=float, default=o.span, help="coordinates from -SPAN to SPAN")
+    p.add_argument("--span", type=finite_float, default=o.span, help="coordinates from -SPAN to SPAN")
     p.add_argument("--points-1d", type=int, default=o.points_1d, help="points of the line")
     p.add_argument("--points-2d", type=int, default=o.points_2d, help="points per axis of the surface")
     p.add_argument("--one-d", choices=ONE_D, default=o.one_d,
@@ -80,16 +74,16 @@ def sharpness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", default="all", help="all (default), head, medium, tail, or a class list 0,1,2")
     p.add_argument("--per-class", type=int, default=o.per_class, help="training samples per class")
     p.add_argument("--batch-size", type=int, default=o.batch_size)
-    p.add_argument("--rho", type=float, default=o.rho, help="perturbation radius (default 0.05)")
+    p.add_argument("--rho", type=finite_float, default=o.rho, help="perturbation radius (default 0.05)")
     p.add_argument("--direction", choices=DIRECTIONS, default=o.direction,
                    help="sam: one shared SAM perturbation (default); class: each class its own")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """analyze.py's parser: one subcommand per analysis."""
-    parser = Parser(prog="analyze.py", description="Hessian spectra, loss landscapes and class-wise sharpness "
+    parser = ArgumentParser(prog="analyze.py", description="Hessian spectra, loss landscapes and class-wise sharpness "
                                                    "of a trained run, per class group.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name, extra, help_ in (("hessian", hessian_arguments, "lambda_max, Tr(H) and the eigenvalue density"),
                                ("landscape", landscape_arguments, "1-D and 2-D loss landscapes"),
                                ("sharpness", sharpness_arguments, "class-wise sharpness L_k(w+eps) - L_k(w)")):
@@ -118,6 +112,26 @@ def options(cls, args, **extra):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and key != "seed" and v <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be > 0, got {v}")
     return cls(**values)
+
+
+def check_finite(doc: dict, advice: str) -> None:
+    """Refuse results holding NaN or infinity before anything is written (a huge --span or --rho
+    moves the weights out of float range): numbers that mean nothing, and plots that crash."""
+    where = first_non_finite({k: v for k, v in doc.items() if k not in ("run", "settings")})
+    if where is not None:
+        raise UserError(f"the {doc['kind']} is not finite at {where}; {advice}; nothing was written")
+
+
+def first_non_finite(obj, path: str = "") -> Optional[str]:
+    """The key path of the first NaN or infinite number in nested dicts and lists, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else path
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def groups_of(run, specs: Sequence[str]) -> List[Tuple[str, List[int]]]:
@@ -172,7 +186,9 @@ def hessian_report(args, run=None) -> dict:
     track = make_track(args.progress)
     results = [measure.hessian(run, name, classes, opts, DTYPES[args.dtype], track)
                for name, classes in groups_of(run, args.groups)]
-    return {"kind": "hessian", "run": run.describe(), "settings": settings(args, opts), "groups": results}
+    doc = {"kind": "hessian", "run": run.describe(), "settings": settings(args, opts), "groups": results}
+    check_finite(doc, "try --dtype float64")
+    return doc
 
 
 def write_hessian(doc: dict, out: str, label: str = "") -> List[str]:
@@ -208,8 +224,11 @@ def landscape_options(args) -> measure.LandscapeOptions:
     """LandscapeOptions from the arguments; grids of odd size (they must hold w)."""
     opts = options(measure.LandscapeOptions, args)
     for key in ("points_1d", "points_2d"):
-        if getattr(opts, key) % 2 == 0:
-            raise UserError(f"--{key.replace('_', '-')} must be odd, so that the grid holds the weights w themselves")
+        # odd: the grid holds the weights w themselves; 3 or more: a line and a contour need two
+        # points per axis (matplotlib refuses a 1 x 1 surface after the first files are written)
+        if getattr(opts, key) % 2 == 0 or getattr(opts, key) < 3:
+            raise UserError(f"--{key.replace('_', '-')} must be an odd number >= 3, so that the grid holds the "
+                            f"weights w themselves and spans both sides, got {getattr(opts, key)}")
     return opts
 
 
@@ -218,7 +237,9 @@ def landscape_report(args, run=None) -> dict:
     opts = landscape_options(args)
     run = run or open_run(args)
     result = measure.landscape(run, groups_of(run, args.groups), opts, DTYPES[args.dtype], make_track(args.progress))
-    return {"kind": "landscape", "run": run.describe(), "settings": settings(args, opts), **result}
+    doc = {"kind": "landscape", "run": run.describe(), "settings": settings(args, opts), **result}
+    check_finite(doc, f"choose a smaller --span (now {opts.span:g})")
+    return doc
 
 
 def write_landscape(doc: dict, out: str, label: str = "") -> List[str]:
@@ -263,6 +284,7 @@ def sharpness_command(args) -> None:
     classes = resolve_group(args.classes, run.masks, run.class_names)
     result = measure.sharpness(run, classes, opts, DTYPES[args.dtype], make_track(args.progress))
     doc = {"kind": "sharpness", "run": run.describe(), "settings": settings(args, opts), **result}
+    check_finite(doc, f"choose a smaller --rho (now {opts.rho:g})")
     groups = group_names(run)
     stem = os.path.join(out, "sharpness")
     write_json(f"{stem}.json", doc)

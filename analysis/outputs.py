@@ -4,21 +4,13 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from core.errors import UserError
+from engine.cli import check_out_folder
 
 
 def prepare_out(folder: str) -> str:
     """Create `folder` and make sure a file can be written there; UserError otherwise, before
     minutes of computation are spent."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {folder} ({e.strerror or e}); choose another --out") from None
-    return folder
+    return check_out_folder(folder, "--out")
 
 
 def write_json(path: str, obj) -> None:

@@ -70,6 +70,9 @@ def run_paths(path: str, config: Optional[str] = None) -> Tuple[str, str, str]:
             raise UserError(f"no checkpoint in {path} (expected last.pt, written by train.py after each epoch)")
     else:
         folder, checkpoint = os.path.dirname(os.path.abspath(path)), path
+    if config and not os.path.isfile(config):   # before --out is created: a typo must not create folders
+        problem = "a folder, not a file" if os.path.isdir(config) else "file not found"
+        raise UserError(f"--config {config}: {problem}")
     config = config or os.path.join(folder, "config.yaml")
     if not os.path.isfile(config):
         raise UserError(f"no config.yaml in {folder}; pass --config FILE (the run's resolved config)")
@@ -86,7 +89,7 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     # Imported here: the engine pulls in torchvision (seconds to import), which --help, argument
     # errors and a mistyped run folder need not wait for.
     from engine.build import build_run
-    from engine.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint, mismatch_reason
     from engine.config import load_config
     from engine.metrics import group_masks
     from losses.drw import drw_weights
@@ -107,7 +110,7 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' with {len(counts)} classes "
-                        f"({str(e).splitlines()[0][:160]})") from None
+                        f"({mismatch_reason(e)})") from None
     model.to(dev).eval()
     epochs = state.get("epoch")
     if class_weights == "trained" and epochs:

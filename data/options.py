@@ -12,6 +12,10 @@ class DataOptions:
     root: str = opt("data", "folder holding the dataset (README, 'Datasets')")
     augment: bool = opt(True, "training augmentation (crop + flip presets)")
     num_workers: int = opt(-1, "loader workers per process; -1: from the CPU count, at most 8")
+    # 600 s is generous: the first batch of an epoch includes starting the workers, and a worker
+    # reads a whole batch of full-size JPEGs (about 1 s for 256 ImageNet images on one core).
+    loader_timeout_seconds: float = opt(600.0, "with workers: a batch that takes longer stops the run with the "
+                                               "resume command (a stalled file system, a stuck worker)")
     head_threshold: float = opt(100.0, "head classes: n_k > head_threshold training images")
     tail_threshold: float = opt(20.0, "tail classes: n_k < tail_threshold; medium: the rest")
     pin_memory: bool = opt(True, "page-locked batches for faster host-to-GPU copies (CUDA only)")

@@ -4,7 +4,7 @@
 strings and containers, so a crafted last.pt cannot run code when a run is resumed or evaluated.
 """
 import os
-from typing import Sequence
+from typing import IO, Sequence
 
 import torch
 
@@ -19,7 +19,39 @@ KEY_TYPES = {"epoch": int, "elapsed": (int, float), "model": dict, "optimizer": 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write through a temporary file of this writer, fsync, rename, fsync the folder: a crash or
     a full disk mid-write never leaves a broken last.pt (the previous one stays)."""
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    atomic_write(path, lambda f: _save({"format": FORMAT, **state}, f))
+
+
+class _WriteFailures:
+    """The file torch.save writes to, keeping the first OSError of a write. torch's zip writer
+    lets the OSError (no space left, file too large) pass, then fails closing the archive with
+    RuntimeError "unexpected pos" and a 37-line traceback; the OSError is the fact to report."""
+
+    def __init__(self, f: IO[bytes]):
+        self.file, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str):   # flush, seek, tell: the file's own
+        return getattr(self.file, name)
+
+
+def _save(obj: dict, f: IO[bytes]) -> None:
+    """torch.save(obj, f), a failed write raised as its OSError (atomic_write turns it into one
+    line and keeps the last checkpoint). A file-size limit (ulimit -f) arrives as EFBIG, not as the
+    signal SIGXFSZ: Python ignores that signal from start-up."""
+    tracked = _WriteFailures(f)
+    try:
+        torch.save(obj, tracked)
+    except RuntimeError:
+        if tracked.error is None:
+            raise
+        raise tracked.error from None
 
 
 def load_checkpoint(path: str, require: Sequence[str] = ("model",)) -> dict:

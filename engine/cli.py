@@ -1,7 +1,9 @@
 """Command-line plumbing shared by train.py and eval.py: arguments, run folders, error lines.
 
 Outputs are checked before any work starts: a run folder must be new, empty, or hold only a
-run's own files, and it is claimed with a lock (`flock` on DIR/.lock, released by the kernel
+run's own files, and those only where it is provably a run of ours (the marker file that every
+run writes first, engine/records.py RUN_MARKER): a user's config.yaml or summary.csv is never
+overwritten. It is claimed with a lock (`flock` on DIR/.lock, released by the kernel
 when the process ends however it ends), so two launches into one folder can never both run and
 interleave their logs. An evaluation report path must be a writable file that is not part of a
 run.
@@ -18,14 +20,14 @@ from core.errors import UserError, brief
 from engine.config import load_config
 from engine.distributed import env_rank, restart_count
 from engine import guards
+from engine.records import OUTPUTS, RUN_MARKER
 from engine.report import TMP_SUFFIX
 
 LOCK = ".lock"
 _held_locks: set = set()   # file descriptors of the run-folder locks this process holds
 # What a run folder may hold before a new run starts in it: a run's own outputs (from an attempt
 # that stopped before its first checkpoint) and the files scripts/run_table.py keeps beside them.
-RUN_FILES = {"config.yaml", "metrics.jsonl", "summary.csv", "tb", "last.pt", "final.json", "eval.json", LOCK,
-             "train.log", "command.json", "FAILED"}
+RUN_FILES = {*OUTPUTS, RUN_MARKER, "eval.json", LOCK, "train.log", "command.json", "FAILED"}
 NOT_A_REPORT = RUN_FILES - {"eval.json"}
 
 
@@ -46,15 +48,24 @@ def _is_temporary(name: str) -> bool:
 
 
 def check_run_folder(out: str) -> None:
-    """A new run's folder: absent, empty, or holding only a run's own files."""
+    """A new run's folder: absent, empty, or holding only a run's own files; those that the run
+    would overwrite only where an earlier attempt of ours wrote them (RUN_MARKER beside them)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file; give a folder for the run")
     if os.path.isdir(out):
         others = sorted(n for n in os.listdir(out) if n not in RUN_FILES and not _is_temporary(n))
         if others:
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise UserError(f"--out {out} holds other files ({shown}); a run folder holds one run's outputs "
-                            "only: choose a new or empty folder")
+            raise UserError(f"--out {out} holds other files ({_shown(others)}); a run folder holds one run's "
+                            "outputs only: choose a new or empty folder")
+        would_overwrite = sorted(n for n in OUTPUTS if os.path.exists(os.path.join(out, n)))
+        if would_overwrite and not os.path.isfile(os.path.join(out, RUN_MARKER)):
+            raise UserError(f"--out {out} holds {_shown(would_overwrite)} but is not a run folder of train.py "
+                            f"(no {RUN_MARKER}); a new run would overwrite them: choose a new or empty folder, "
+                            "or move them away")
+
+
+def _shown(names) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _open_lock(out: str) -> int:
@@ -188,6 +199,20 @@ def check_report_path(path: str, checkpoint: str, option: str = "--out") -> None
             pass
     except OSError as e:
         raise UserError(f"cannot write {option} {path}: {e.strerror or e}; choose a writable path") from None
+
+
+def check_out_folder(folder: str, option: str = "--out") -> str:
+    """An output folder (reports, figures): created if absent and shown writable before any work,
+    so that a typo costs no computation and no traceback; -> the folder."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder} ({option}) is a file; give a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({option}): {e.strerror or e}; choose a writable folder") from None
+    return folder
 
 
 class Terminated(Exception):

@@ -10,12 +10,13 @@ import dataclasses
 import re
 from typing import Callable, Iterator, Optional, Tuple
 
+from core.args import SEED_MAX   # numpy.random.seed and np.random.default_rng accept 0 .. 2**32 - 1
 from core.errors import ConfigError
 
-SEED_MAX = 2**32 - 1              # numpy.random.seed and np.random.default_rng accept 0 .. 2**32 - 1
 FLOAT32_MAX = 3.4028234663852886e38   # values end up in float32 tensors (lr, rho, weights)
 MAX_EPOCHS = 100_000              # schedules are expanded into one value per epoch at start-up
 MAX_WORKERS = 128                 # loader processes per training process
+MAX_LOADER_WAIT = 86_400          # seconds a batch may take: a day; longer is a hang, not a slow read
 MAX_SIDE = 1024                   # pixels: the crop fed to the network, or the synthetic images' side
 MAX_SYNTHETIC = 100_000           # images per class that the synthetic set makes in memory
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -27,6 +28,8 @@ RULES: Tuple[Rule, ...] = (
     ("", "seed", lambda v: 0 <= v <= SEED_MAX, f"must be in 0..{SEED_MAX} (numpy's seed range)"),
     ("data", "imb_factor", lambda v: v >= 1, "must be >= 1 (n_max / n_min of the long-tailed profile)"),
     ("data", "num_workers", lambda v: -1 <= v <= MAX_WORKERS, f"must be 0..{MAX_WORKERS}, or -1 (from the CPU count)"),
+    ("data", "loader_timeout_seconds", lambda v: 0 < v <= MAX_LOADER_WAIT,
+     f"must be in (0, {MAX_LOADER_WAIT:,}] seconds (0 would never wait for a batch; a stalled run must stop)"),
     ("data", "head_threshold", lambda v: v >= 0, "must be >= 0 (a training count)"),
     ("data", "tail_threshold", lambda v: v >= 0, "must be >= 0 (a training count)"),
     ("data", "num_classes", lambda v: v >= 2, "must be >= 2"),

@@ -2,16 +2,17 @@
 by an unpadded shard so that the gathered predictions cover every test image exactly once.
 
 A loader never hangs a run silently: with workers, a batch that takes longer than
-LOADER_TIMEOUT_S stops the run with one line and the resume command (a stalled network file
-system, a stuck worker), and so does a worker that dies (out of memory). Workers never print
-tracebacks of their own when the process group is stopped: they ignore Ctrl-C (the main process
-stops and shuts them down) and leave quietly on SIGTERM.
+`data.loader_timeout_seconds` stops the run with one line and the resume command (a stalled
+network file system, a stuck worker), and so does a worker that dies (out of memory). Workers
+never print tracebacks of their own when the process group is stopped: they ignore Ctrl-C (the
+main process stops and shuts them down) and leave quietly on SIGTERM.
 
 In-memory sets (CIFAR-LT, synthetic) can instead live on the training device
 (`data.loader: device`, the default on CUDA): data/device_loader.py, the same order and the same
 iterator, with crop and flip done on the device."""
 import os
 import signal
+import sys
 import threading
 
 import torch
@@ -23,12 +24,6 @@ from data.device_loader import DeviceLoader
 from data.options import InMemoryOptions
 from engine.distributed import DistInfo
 from engine.guards import RunStopped
-
-# Seconds a training or evaluation step waits for its next batch from the workers. Generous:
-# the first batch of an epoch includes starting the workers, and a worker reads a whole batch of
-# full-size JPEGs (about 1 s for 256 ImageNet images on one core).
-LOADER_TIMEOUT_S = 600
-
 
 class ShardSampler(Sampler):
     """Indices rank, rank + world, ... : every index on exactly one rank, no padding."""
@@ -55,17 +50,29 @@ def quiet_worker(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _leave_quietly)
     threading.excepthook = _quiet_lost_connection
+    sys.excepthook = _quiet_lost_connection_sys
     from engine.cli import close_inherited_locks   # the CLI layer: imported only in workers
     close_inherited_locks()
+
+
+LOST_CONNECTION = (BrokenPipeError, ConnectionResetError, EOFError)
 
 
 def _quiet_lost_connection(args) -> None:
     """A worker's helper threads (multiprocessing's resource sharer, which hands batch tensors'
     file descriptors to the main process) print a BrokenPipeError traceback when the main
     process stopped first (Ctrl-C): expected then, and not the worker's to report."""
-    if issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError, EOFError)):
+    if issubclass(args.exc_type, LOST_CONNECTION):
         return
     threading.__excepthook__(args)
+
+
+def _quiet_lost_connection_sys(exc_type, exc, tb) -> None:
+    """The same for sys.excepthook: the resource sharer's thread catches its own errors and
+    reports them through sys.excepthook, not threading.excepthook."""
+    if issubclass(exc_type, LOST_CONNECTION):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
 
 
 class GuardedLoader:
@@ -88,8 +95,9 @@ class GuardedLoader:
                 yield batch if self.stage is None else self.stage(batch, self.device)
         except RuntimeError as e:
             if "DataLoader timed out" in str(e):
-                raise RunStopped(f"no batch from the data loader in {LOADER_TIMEOUT_S} s: a stalled read (network "
-                                 "file system?) or a stuck worker") from None
+                raise RunStopped(f"no batch from the data loader in {self.loader.timeout:g} s "
+                                 "(data.loader_timeout_seconds): a stalled read (network file system?) or a stuck "
+                                 "worker") from None
             if "DataLoader worker" in str(e):
                 raise RunStopped(f"a data loader worker stopped ({brief(e, 120)}); out of memory? lower "
                                  "data.num_workers") from None
@@ -119,7 +127,7 @@ def per_process_batch(global_batch: int, info: DistInfo, key: str) -> int:
 def _make(dataset, batch: int, sampler, info: DistInfo, data_cfg, drop_last: bool = False):
     workers = auto_workers(data_cfg.num_workers, info)
     extra = dict(persistent_workers=data_cfg.persistent_workers, prefetch_factor=data_cfg.prefetch_factor,
-                 timeout=LOADER_TIMEOUT_S, worker_init_fn=quiet_worker) if workers > 0 else {}
+                 timeout=data_cfg.loader_timeout_seconds, worker_init_fn=quiet_worker) if workers > 0 else {}
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
                         pin_memory=data_cfg.pin_memory and info.device.type == "cuda",
                         collate_fn=getattr(dataset, "collate", None), **extra)

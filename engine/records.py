@@ -8,9 +8,14 @@ from core.errors import UserError
 from engine.checkpoint import TRAINING_KEYS, load_checkpoint, save_checkpoint
 from engine.config import Config, config_to_dict
 from engine.guards import check_finite_report, stop_note
-from engine.report import RunWriter, git_revision, write_json, write_yaml
+from engine.report import RunWriter, git_revision, write_json, write_text, write_yaml
 
 REPORT_KEYS = ("top1", "head", "medium", "tail", "ece")
+# Written first into every folder a run is created in (and into an older run's folder when it is
+# resumed): train.py starts a new run only in a folder that is empty or holds this file, so it
+# never overwrites a config.yaml or summary.csv of the user's (engine/cli.py check_run_folder).
+RUN_MARKER = ".lt-sam-run"
+OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.csv", "tb", "last.pt", "final.json")   # what a run writes
 
 
 class RunRecord:
@@ -21,10 +26,16 @@ class RunRecord:
 
     # ------------------------------------------------------------------ start
     def create(self) -> None:
-        """A new run: its folder and resolved config."""
+        """A new run: its folder, the marker that proves it ours, and its resolved config."""
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
+            self._mark()
             write_yaml(os.path.join(self.out_dir, "config.yaml"), config_to_dict(self.cfg))
+
+    def _mark(self) -> None:
+        path = os.path.join(self.out_dir, RUN_MARKER)
+        if not os.path.isfile(path):
+            write_text(path, f"a run folder of lt-sam: train.py writes and rewrites {', '.join(OUTPUTS)} here\n")
 
     def load(self) -> dict:
         """A resumed run: its checkpoint (the caller restores weights and optimizer from it)."""
@@ -33,6 +44,8 @@ class RunRecord:
         return state
 
     def open(self, start_epoch: int) -> None:
+        if self.is_main:
+            self._mark()   # a run resumed from before the marker existed: its checkpoint has just loaded
         self.writer = RunWriter(self.out_dir, start_epoch, self.is_main)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from analysis import commands, measure, paper, plots
 from analysis.outputs import prepare_out, read_json, write_csv, write_json
+from core.args import ArgumentParser, at_least, finite_float
 from core.errors import UserError
 from engine.cli import user_errors
 
@@ -305,14 +306,14 @@ def run_figure_arguments(p, figures) -> None:
                    help="a run folder and its panel label (repeatable); default: the table's SAM, ImbSAM, "
                         "CC-SAM and Focal-SAM runs under --out-root")
     p.add_argument("--out-root", default=os.path.join("runs", "tables"), help="where the table scripts put runs")
-    p.add_argument("--seed-run", type=int, default=0, help="which seed's runs of the table (default 0)")
+    p.add_argument("--seed-run", type=at_least(0), default=0, help="which seed's runs of the table (default 0)")
     commands.common_arguments(p, run_required=False)
 
 
 def build_parser():
     """figures.py's parser: one subcommand per figure kind."""
-    parser = commands.Parser(prog="figures.py", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=commands.Parser)
+    parser = ArgumentParser(prog="figures.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     p = sub.add_parser("spectra", help="Figures 2, 9, 10, 11")
     run_figure_arguments(p, paper.SPECTRA)
     commands.hessian_arguments(p)
@@ -321,12 +322,12 @@ def build_parser():
     commands.landscape_arguments(p)
     p = sub.add_parser("focal-weights", help="Figure 3")
     p.add_argument("--datasets", nargs="+", default=list(paper.FOCAL_DATASETS), metavar="DATASET")
-    p.add_argument("--gammas", nargs="+", type=float, default=list(paper.FOCAL_GAMMAS), metavar="GAMMA")
+    p.add_argument("--gammas", nargs="+", type=finite_float, default=list(paper.FOCAL_GAMMAS), metavar="GAMMA")
     p.add_argument("--out", help="output folder (default runs/figures/fig3)")
     p = sub.add_parser("ablation", help="Figures 4, 5, 8: train the sweep (table runner), then plot")
     p.add_argument("--figure", required=True, choices=sorted(paper.ABLATIONS, key=int))
     p.add_argument("--dataset", default="", help="only this dataset's panels, e.g. cifar10_lt")
-    p.add_argument("--values", nargs="+", type=float, help="the swept values (default: the figure's grid)")
+    p.add_argument("--values", nargs="+", type=finite_float, help="the swept values (default: the figure's grid)")
     p.add_argument("--seeds", default="0 1 2")
     p.add_argument("--gpus", default="all", help="'all', 'cpu', or ids '0 1'")
     p.add_argument("--runs-per-gpu", type=int, default=0, help="runs sharing a GPU (default 4; 1 on the CPU)")

@@ -18,7 +18,8 @@ import sys
 
 
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
-from engine.cli import user_errors
+from core.args import ArgumentParser
+from engine.cli import check_out_folder, user_errors
 from core.errors import UserError
 from repro import collect, imbsam, plots, spec
 
@@ -37,7 +38,7 @@ def slug(text: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", action="append", help="table id (repeatable; default: every table)")
     ap.add_argument("--out-root", default=os.path.join(spec.ROOT, "runs", "tables"))
     ap.add_argument("--seeds", default="0 1 2", help="the seeds asked for (cells count finished ones)")
@@ -53,8 +54,7 @@ def main(argv=None):
         seeds = spec.parse_seeds(args.seeds)
         if not os.path.isdir(args.out_root):
             raise UserError(f"no runs under {args.out_root}: run a scripts/table*.sh first, or give --out-root")
-        report = args.report or os.path.join(args.out_root, "report")
-        os.makedirs(report, exist_ok=True)
+        report = check_out_folder(args.report or os.path.join(args.out_root, "report"), "--report")
         finals = collect.Finals(args.out_root)
         per_class = [per_class_choice(p, tables) for p in args.per_class] or \
             [(t, t.groups[0]) for t in chosen if t.kind == "accuracy"]

@@ -9,7 +9,6 @@ Each finished run (final.json) gets RUN/ood.json from `eval.py --ood` once; an e
 is kept, so a second call only fills the gaps. Cells: our mean ± sample std over seeds / the
 paper's number (ours - paper); written to OUT_ROOT/report/table4.md and table7.md.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -22,7 +21,8 @@ import yaml
 
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from core.errors import UserError
-from engine.cli import user_errors
+from core.args import ArgumentParser
+from engine.cli import check_out_folder, user_errors
 from repro import spec
 
 SPEC = os.path.join(spec.ROOT, "repro", "tables_foundation.yaml")
@@ -87,7 +87,7 @@ def table_markdown(doc: dict, tables, table_id: str, out_root: str, seeds) -> st
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-root", default=os.path.join(spec.ROOT, "runs", "tables"))
     ap.add_argument("--seeds", default="0 1 2")
     ap.add_argument("--sketch", default="", help="ImageNet-Sketch folder (class folders by WordNet id)")
@@ -101,6 +101,7 @@ def main(argv=None) -> int:
             doc = yaml.safe_load(f)
         tables = spec.load_tables(SPEC)
         seeds = spec.parse_seeds(args.seeds)
+        report = check_out_folder(os.path.join(args.out_root, "report"), "--out-root")   # before any evaluation
         sets = {name: getattr(args, arg) for name, arg in SET_ARGS.items() if getattr(args, arg)}
         failed = []
         if not args.no_eval:
@@ -113,10 +114,9 @@ def main(argv=None) -> int:
                     if done and not os.path.isfile(os.path.join(full, "ood.json")):
                         print(f"[eval] {full}", flush=True)
                         failed += [f for f in [evaluate(full, sets, args.python)] if f]
-        os.makedirs(os.path.join(args.out_root, "report"), exist_ok=True)
         for tid in ("4", "7"):
             text = table_markdown(doc, tables, tid, args.out_root, seeds)
-            with open(os.path.join(args.out_root, "report", f"table{tid}.md"), "w") as f:
+            with open(os.path.join(report, f"table{tid}.md"), "w") as f:
                 f.write(text + "\n")
             print(text + "\n")
         for line in failed:

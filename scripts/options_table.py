@@ -4,11 +4,11 @@
     python scripts/options_table.py           # rewrite the block between the README's markers
     python scripts/options_table.py --check   # exit 1 if the README is out of date (tests do this)
 """
-import argparse
 import os
 import sys
 
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
+from core.args import ArgumentParser
 from engine.config import options_table
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -22,7 +22,7 @@ def with_table(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only check that the README is up to date")
     args = ap.parse_args(argv)
     with open(README) as f:

@@ -141,28 +141,64 @@ def test_hessian_is_deterministic_for_a_seed(tiny_run):
     assert c["trace"] != a["trace"]
 
 
-@pytest.mark.parametrize("argv, fragment", [
+BAD_INPUTS = [
     (["hessian", "{missing}"], "run folder or checkpoint not found"),
     (["hessian", "{empty}"], "no checkpoint in"),
     (["hessian", "{run}", "--groups", "middle"], "unknown group or class 'middle'"),
     (["sharpness", "{run}", "--classes", "0,,2"], "bad class list"),
     (["landscape", "{run}", "--groups", "9"], "out of range"),
     (["hessian", "{run}", "--groups", "tail", "tail"], "given twice"),
-    (["hessian", "{run}", "--out", "{file}/sub"], "cannot write to output folder"),
+    (["hessian", "{run}", "--out", "{file}/sub"], "(--out): Not a directory"),
     (["hessian", "{run}", "--samples", "0"], "--samples must be > 0"),
-    (["landscape", "{run}", "--points-2d", "4"], "--points-2d must be odd"),
+    (["landscape", "{run}", "--points-2d", "4"], "--points-2d must be an odd number >= 3"),
+    (["landscape", "{run}", "--points-1d", "1", "--points-2d", "1"], "--points-1d must be an odd number >= 3"),
     (["hessian", "{run}", "--bn", "batch"], "invalid choice"),
     (["hessian", "{run}", "--device", "tpu"], "not a device"),
-])
+    (["hessian", "{run}", "--sigma", "inf"], "argument --sigma: expected a finite number, got 'inf'"),
+    (["hessian", "{run}", "--sigma", "nan"], "argument --sigma: expected a finite number, got 'nan'"),
+    (["hessian", "{run}", "--power-tol", "nan"], "argument --power-tol: expected a finite number"),
+    (["sharpness", "{run}", "--rho", "nan"], "argument --rho: expected a finite number"),
+    (["sharpness", "{run}", "--rho=-inf"], "argument --rho: expected a finite number"),
+    (["landscape", "{run}", "--span", "inf"], "argument --span: expected a finite number"),
+    (["hessian", "{run}", "--seed", "-1"], "argument --seed: expected an integer in 0..4294967295, got -1"),
+    (["hessian", "{run}", "--seed", "4294967296"], "argument --seed: expected an integer in 0..4294967295"),
+    (["hessian", "{run}", "--config", "{missing}.yaml"], "--config {missing}.yaml: file not found"),
+    (["hessian", "{ckpt}", "--config", "{empty}"], "--config {empty}: a folder, not a file"),
+    # finite options whose results are not: refused before a file is written
+    (["landscape", "{run}", "--span", "1e30", "--samples", "4", "--points-1d", "3", "--points-2d", "3"],
+     "the landscape is not finite at line.head[0]; choose a smaller --span (now 1e+30); nothing was written"),
+    (["sharpness", "{run}", "--rho", "1e30", "--per-class", "2", "--classes", "0"],
+     "the sharpness is not finite at perturbed_loss[0]; choose a smaller --rho"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", BAD_INPUTS, ids=[" ".join(a[:3]) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_error_line(tiny_run, tmp_path, capsys, argv, fragment):
+    """Each: exit 2, one `error:` line naming the option; nothing written into the output folder."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("x")
     names = {"missing": str(tmp_path / "nope"), "empty": str(tmp_path / "empty"), "run": tiny_run,
-             "file": str(tmp_path / "file")}
+             "file": str(tmp_path / "file"), "ckpt": os.path.join(tiny_run, "last.pt")}
+    out = tmp_path / "out"
     argv = [a.format(**names) for a in argv] + ["--progress", "off"] + ([] if "--device" in argv else ["--device", "cpu"])
+    argv += [] if "--out" in argv else ["--out", str(out)]
     with pytest.raises(SystemExit) as e:
         analyze.main(argv)
     assert e.value.code == 2
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment.format(**names) in err[0], err
     assert not (tmp_path / "nope").exists()
+    assert not out.exists() or os.listdir(out) == []             # nothing written
+
+
+def test_a_checkpoint_of_another_architecture_names_the_tensor_and_shapes(tiny_run, tmp_path, capsys):
+    state = torch.load(os.path.join(tiny_run, "last.pt"), weights_only=True)
+    state["model"]["conv1.weight"] = torch.zeros(8, 3, 3, 3)        # a narrower first convolution
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(SystemExit) as e:
+        analyze.main(["sharpness", str(tmp_path / "other.pt"), "--config", os.path.join(tiny_run, "config.yaml"),
+                      "--out", str(tmp_path / "out"), "--device", "cpu", "--progress", "off"])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "size mismatch for conv1.weight" in err[0] and "torch.Size([8, 3, 3, 3])" in err[0], err
+    assert "torch.Size([16, 3, 3, 3])" in err[0], err

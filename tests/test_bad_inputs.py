@@ -7,15 +7,18 @@ captured): a case costs milliseconds, not a Python start-up. A real process is u
 one is needed: a run holding its folder's lock while another launch tries it, and signals sent
 to a process group with loader workers.
 """
+import contextlib
 import errno
 import importlib.util
 import json
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -123,6 +126,10 @@ VALUE_CASES = [
     (["loss.tau=.inf"], "loss.tau: must be a finite number"),
     (["optim.lr=1e300"], "optim.lr: must be a finite number (float32 range)"),
     (["data.num_workers=1000"], "data.num_workers: must be 0..128"),
+    (["data.loader_timeout_seconds=0"], "data.loader_timeout_seconds: must be in (0, 86,400] seconds"),
+    (["data.loader_timeout_seconds=1e6"], "data.loader_timeout_seconds: must be in (0, 86,400] seconds"),
+    (["data.loader_timeout_seconds=.inf"], "data.loader_timeout_seconds: must be a finite number"),
+    (["data.loader_timeout_seconds=soon"], "data.loader_timeout_seconds: expected float"),
     (["train.compile=model", "optim.clean_backward=batched"], "optim.clean_backward: batched cannot run through a compiled"),
     (["data.image_size=100000"], "data.image_size: must be 8..1024"),
     (["data.max_per_class=1000000000"], "data.max_per_class: must be 1..100,000"),
@@ -243,6 +250,8 @@ def test_eval_outputs_and_checkpoints(finished_run, tmp_path, capsys):
     assert_one_line(evaluate(ckpt, "--out", tmp_path / "afile" / "sub" / "e.json"), "Not a directory")
     assert_one_line(evaluate(tmp_path / "nope.pt", "--config", cfg), "checkpoint not found")
     assert_one_line(evaluate(tmp_path / "lonely.pt"), "no --config given and no config.yaml beside")
+    assert_one_line(evaluate(ckpt, "--config", tmp_path / "missing.yaml"), f"config file not found: "
+                    f"{tmp_path / 'missing.yaml'}")               # the file given, not config.yaml beside
     (tmp_path / "text.pt").write_text("not a checkpoint")
     assert_one_line(evaluate(tmp_path / "text.pt", "--config", cfg), "cannot load checkpoint", "corrupt")
     torch.save({"format": "lt-sam/1"}, str(tmp_path / "empty.pt"))
@@ -495,6 +504,43 @@ def test_resume_command_only_when_a_checkpoint_exists(tiny, tmp_path, capsys, mo
                     f"continue with: python train.py --resume {tmp_path / 'b'}")
 
 
+@pytest.mark.parametrize("names", [("config.yaml", "summary.csv"), ("metrics.jsonl",), ("tb",), ("final.json",)])
+def test_a_users_files_named_like_a_runs_are_never_overwritten(tiny, tmp_path, capsys, names):
+    """A folder of the user's holding (say) their own config.yaml and summary.csv is not a run of
+    ours: refused, every file as it was, nothing added (not even the lock file)."""
+    home = tmp_path / "results"
+    home.mkdir()
+    for name in names:
+        (home / name).write_text(f"the user's own {name}\n")
+    before = {n: (home / n).read_bytes() for n in os.listdir(home)}
+    assert_one_line(train(capsys, "--config", tiny, "--out", home), f"--out {home} holds {', '.join(sorted(names))} "
+                    "but is not a run folder of train.py (no .lt-sam-run)", "choose a new or empty folder")
+    assert {n: (home / n).read_bytes() for n in os.listdir(home)} == before
+
+
+def test_runs_of_ours_start_again_or_resume_with_or_without_the_marker(tiny, tmp_path, capsys, monkeypatch):
+    """What scripts/run_table.py relies on: a folder holding only its log files takes a new run; an
+    attempt stopped before its first checkpoint starts again; a run from before the marker existed
+    (last.pt + metrics.jsonl, no .lt-sam-run) resumes and is marked."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("train.log", "command.json"):          # the runner writes these before train.py starts
+        (out / name).write_text("the runner's\n")
+    interrupt_in_epoch(monkeypatch, 0)
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), "interrupted", "no checkpoint was written yet")
+    assert (out / ".lt-sam-run").is_file() and (out / "config.yaml").is_file() and not (out / "last.pt").exists()
+    (out / "FAILED").write_text("exit 130\n")
+    monkeypatch.undo()
+    interrupt_in_epoch(monkeypatch, 1)                   # the retry: starts again, checkpoints epoch 0
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), f"--resume {out}")
+    monkeypatch.undo()
+    (out / ".lt-sam-run").unlink()                       # as a run written before this marker existed
+    code, err = train(capsys, "--resume", out)
+    assert code in (0, None), err
+    assert (out / ".lt-sam-run").is_file() and json.loads((out / "final.json").read_text())["epochs"] == 3
+    assert (out / "train.log").read_text() == "the runner's\n"
+
+
 def test_a_torn_last_metrics_line_does_not_block_resume(tiny, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupt_in_epoch(monkeypatch, 1)
@@ -524,6 +570,71 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tiny, tmp
                     "No space left on device", f"continue with: python train.py --resume {out}")
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1     # epoch 0's checkpoint, intact
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]             # no temporary file left
+
+
+class FillingDisk:
+    """A file on a disk with `room` bytes left, as Python's buffered file meets it: the write that
+    crosses the end fails with ENOSPC, later writes land in the buffer and fail at flush."""
+
+    def __init__(self, f, room: int):
+        self.file, self.room, self.full = f, room, False
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if self.full:
+            return len(data)
+        if len(data) > self.room:
+            self.file.write(data[:self.room])
+            self.full = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.file.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_disk_that_fills_inside_torch_save_stops_with_one_line(tiny, tmp_path, capsys, monkeypatch):
+    """The real torch.save on a filling disk: its zip writer reports the ENOSPC of a write as
+    RuntimeError "unexpected pos" when it closes the archive (37 lines of traceback before)."""
+    import engine.checkpoint
+    out = tmp_path / "run"
+    real_write, calls = engine.checkpoint.atomic_write, []
+
+    def atomic_write(path, write):      # the disk fills while epoch 1's checkpoint is written
+        calls.append(1)
+        return real_write(path, (lambda f: write(FillingDisk(f, 100_000))) if len(calls) == 2 else write)
+    monkeypatch.setattr(engine.checkpoint, "atomic_write", atomic_write)
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), f"cannot write {out / 'last.pt'}: No space left "
+                    "on device", f"the last checkpoint is kept, continue with: python train.py --resume {out}")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1     # epoch 0's checkpoint, intact
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_a_file_size_limit_stops_a_real_process_with_one_line(tiny, tmp_path, capsys, monkeypatch):
+    """`ulimit -f` below a checkpoint's size on --resume: EFBIG (Python ignores SIGXFSZ), one line,
+    the earlier checkpoint intact."""
+    out = tmp_path / "run"
+    interrupt_in_epoch(monkeypatch, 1)
+    assert_one_line(train(capsys, "--config", tiny, "--out", out), f"--resume {out}")
+    good = (out / "last.pt").read_bytes()
+    limit = 400 * 1024            # `ulimit -f 400`: torch's zip writer then failed with "unexpected pos"
+    assert len(good) > limit
+    # The limit is set by a small Python that then execs train.py (limits survive exec), not by
+    # preexec_fn: that runs Python between fork and exec, unsafe in this threaded process.
+    limited = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+               f"os.execv(sys.executable, [sys.executable, 'train.py', '--resume', {str(out)!r}])")
+    proc = subprocess.run([sys.executable, "-c", limited], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_one_line((proc.returncode, proc.stderr), f"cannot write {out / 'last.pt'}: File too large",
+                    f"continue with: python train.py --resume {out}")
+    assert (out / "last.pt").read_bytes() == good
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 
 
 def test_a_full_disk_while_logging(tiny, tmp_path, capsys, monkeypatch):
@@ -628,37 +739,108 @@ def test_a_live_run_holds_its_folder_and_stops_cleanly_with_its_workers(tmp_path
         pass
 
 
-class SlowDataset(torch.utils.data.Dataset):
+class HungUpListener:
+    """multiprocessing's resource sharer listener, as a worker's sharer thread meets it after the
+    main process stopped: the first hand-over fails (the main process hung up), then a real bug,
+    then the stop message."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def accept(self):
+        self.calls += 1
+        if self.calls == 1:
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if self.calls == 2:
+            raise ValueError("a real bug")
+        return contextlib.nullcontext(types.SimpleNamespace(recv=lambda: None))
+
+
+def test_a_worker_whose_main_process_hung_up_prints_no_traceback():
+    """Ctrl-C while a worker hands a batch over: its resource sharer thread reports the broken pipe
+    through sys.excepthook (not threading.excepthook), one traceback per worker under the
+    'interrupted' line; quiet_worker silences that case only. Runs the sharer's own loop in a
+    forked worker, so the race that showed it on a busy machine is not needed."""
+    from multiprocessing import resource_sharer
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the worker
+        try:
+            os.close(read_end)
+            sys.stderr = os.fdopen(write_end, "w")
+            quiet_worker(0)
+            sharer = resource_sharer._ResourceSharer()
+            sharer._listener = HungUpListener()
+            sharer._serve()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        err = f.read()
+    os.waitpid(pid, 0)
+    assert "ValueError: a real bug" in err and "BrokenPipeError" not in err, err
+
+
+class StalledDataset(torch.utils.data.Dataset):
+    """Items that wait for the test, not for a clock: a loader worker blocks reading a pipe inside
+    `__getitem__` until `release()`, however busy the machine is."""
+
+    def __init__(self):
+        self.gate, self.opener = os.pipe()
+        self.started, self.starting = os.pipe()
+
     def __len__(self):
         return 2
 
     def __getitem__(self, i):
-        time.sleep(3)
+        os.write(self.starting, b"s")
+        os.read(self.gate, 1)
         return i
 
+    def wait_started(self) -> None:
+        """Return once a worker is inside __getitem__ (the bound only turns a hang into a failure)."""
+        assert select.select([self.started], [], [], 600)[0], "no loader worker started"
+        os.read(self.started, 1)
 
-def marked_worker_init(marker):
-    def init(worker_id):
-        quiet_worker(worker_id)
-        open(marker, "w").close()
-    return init
+    def release(self) -> None:
+        os.write(self.opener, b"x" * len(self))
+        for fd in (self.gate, self.opener, self.started, self.starting):
+            os.close(fd)
 
 
 def test_loader_workers_do_not_keep_the_run_folder_locked(tmp_path):
     """A worker forked while the lock is held must not keep it after the main process lets go
     (a killed main process's workers live up to 5 s; torchrun's restart would find the folder locked)."""
-    marker = tmp_path / "worker_started"
+    data = StalledDataset()
     held = folder_lock(str(tmp_path))
     held.__enter__()
-    loader = torch.utils.data.DataLoader(SlowDataset(), num_workers=1, worker_init_fn=marked_worker_init(marker))
-    batches = iter(loader)                  # forks the worker now, while the lock is held
-    deadline = time.time() + 60
-    while not marker.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    batches = iter(torch.utils.data.DataLoader(data, num_workers=1, worker_init_fn=quiet_worker))   # forks now
+    data.wait_started()
     held.__exit__(None, None, None)
-    with folder_lock(str(tmp_path)):        # free although the worker is still alive
-        pass
+    with folder_lock(str(tmp_path)):        # free although the worker is alive (blocked in __getitem__)
+        assert all(w.is_alive() for w in batches._workers)
+    data.release()
     del batches
+
+
+def test_a_stalled_loader_stops_after_data_loader_timeout_seconds(tmp_path, capsys):
+    """The worker never delivers: after the configured wait, one line and how to go on."""
+    from engine.cli import user_errors
+    from engine.config import section
+    from engine.distributed import DistInfo
+    from engine.loaders import eval_loader
+    data = StalledDataset()
+    cfg = section("data", name="synthetic", loader="workers", num_workers=1, loader_timeout_seconds=0.5)
+    loader = eval_loader(data, 1, DistInfo(), cfg)
+
+    def first_batch(argv):
+        with user_errors(resume_hint=str(tmp_path)):
+            next(iter(loader))
+    assert_one_line(call(first_batch, [], capsys), "no batch from the data loader in 0.5 s "
+                    "(data.loader_timeout_seconds)", "no checkpoint was written yet")
+    data.release()          # the persistent workers finish their items and stop with the loader
+    del loader
 
 
 def test_a_signal_during_a_write_waits_until_the_file_is_in_place(tmp_path):

@@ -94,3 +94,18 @@ def test_tables_4_and_7_from_ood_json(tmp_path, doc, tables, capsys):
     fft7 = next(l for l in t7.splitlines() if l.startswith("| FFT |"))
     assert fft7.split(" | ")[1] == "72.00 ± 2.83 / 72.6 (-0.60)" and "60.00 ± 0.00 / 65.7 (-5.70)" in fft7
     assert "| LIFT | missing / 46.4" in t4
+
+
+def test_an_unwritable_report_folder_is_refused_before_any_evaluation(tmp_path, monkeypatch, capsys):
+    """The report folder is checked first: a typo must not cost an evaluation of every run, nor a
+    traceback at the end."""
+    (tmp_path / "report").write_text("a file where the folder goes")
+    finished = tmp_path / "imagenet_lt" / "fft_sgd" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "final.json").write_text("{}")      # a finished run without ood.json: it would be evaluated
+    monkeypatch.setattr(ood_tables, "evaluate",
+                        lambda *a: pytest.fail("evaluated before the report folder was checked"))
+    with pytest.raises(SystemExit) as e:
+        ood_tables.main(["--out-root", str(tmp_path), "--sketch", str(tmp_path), "--seeds", "0"])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == 2 and len(err) == 1 and f"{tmp_path / 'report'} (--out-root) is a file" in err[0], err

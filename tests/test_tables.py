@@ -407,6 +407,10 @@ def test_make_tables_bad_input_is_one_line(tmp_path, capsys):
     os.makedirs(tmp_path / "runs")
     code, _, err = make_tables(capsys, tmp_path / "runs", "--per-class", "7:IF3")
     assert code == 2 and "give TABLE:GROUP" in err and "IF100, IF10" in err and err.count("\n") == 1
+    (tmp_path / "afile").write_text("x")
+    for report, reason in (("/proc/nope", "No such file or directory"), (tmp_path / "afile", "is a file")):
+        code, _, err = make_tables(capsys, tmp_path / "runs", "--report", report)   # an unwritable --report
+        assert code == 2 and f"{report} (--report)" in err and reason in err and err.count("\n") == 1, err
 
 
 # ----------------------------------------------------------------------------- the runner
