@@ -28,7 +28,7 @@ class DataOptions:
 class InMemoryOptions(DataOptions):
     """Sets held in memory as uint8 arrays (CIFAR-LT, synthetic), which can live on the device."""
     loader: Literal["auto", "workers", "device"] = opt(
-        "auto", "workers: DataLoader with CPU workers; device: the set on the GPU, crop/flip there; auto: device on CUDA")
+        "auto", "workers: DataLoader with CPU workers; device: the set on the GPU, augmented there (CIFAR crop/flip, CLIP resized crop); auto: device on CUDA")
 
 
 @dataclass
