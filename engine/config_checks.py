@@ -43,6 +43,7 @@ RULES: Tuple[Rule, ...] = (
     ("optim", "gamma", lambda v: v >= 0, "must be >= 0 (Focal-SAM: exponent of 1 - pi_k)"),
     ("optim", "lam", lambda v: v >= 0, "must be >= 0 (Focal-SAM: sharpness weight)"),
     ("optim", "eta", lambda v: v >= 0, "must be >= 0 (ImbSAM: tail = classes with n_k <= eta)"),
+    ("optim", "tail_weight", lambda v: v > 0, "must be > 0 (ImbSAM: factor on the tail loss; 1 paper, 2 its code)"),
     ("optim", "ratio", lambda v: 0 <= v <= 1, "must be in [0, 1] (CC-SAM: weight of the perturbed loss)"),
     ("train", "device", lambda v: bool(DEVICE.match(v)), "must be auto, cpu, cuda, cuda:N or mps"),
     ("train", "epochs", lambda v: v <= MAX_EPOCHS, f"must be <= {MAX_EPOCHS:,}"),
