@@ -377,6 +377,23 @@ def test_make_tables_matches_the_hand_written_golden_files(tmp_path, capsys):
             assert im.size[0] > 200 and im.size[1] > 100
 
 
+def test_best_on_test_beside_the_headline_only_when_asked(tmp_path, capsys):
+    """--best-on-test: each cell also shows the paper's selection, labelled; by hand for LA (SGD)
+    IF100 All: last epoch 70, 72, 74 (72.00 ± 2.00), best-on-test 75, 76, 77 (76.00 ± 1.00), the
+    paper's 71.0."""
+    out = str(tmp_path / "runs")
+    for seed, (top1, head, best) in enumerate([(70, 80, 75), (72, 81, 76), (74, 85, 77)]):
+        write_final(out, f"cifar10_lt/la_sgd/if100/seed{seed}", top1, head, best)
+    code, plain, err = make_tables(capsys, out)
+    assert code == 0, err
+    assert "· best-on-test" not in plain
+    code, stdout, err = make_tables(capsys, out, "--best-on-test")
+    assert code == 0, err
+    row = next(line for line in stdout.splitlines() if line.startswith("| LA |"))
+    assert "| 72.00 ± 2.00 / 71.0 (+1.00) · best-on-test 76.00 ± 1.00 (+5.00) |" in row
+    assert "best-on-test: the paper's selection" in stdout
+
+
 def test_orderings_gap_verdict_and_resolution():
     """Focal-SAM minus SAM by hand: IF100 (74, 76) vs (73, 73.5): gap +1.75, standard error
     sqrt(2/2 + 0.125/2) = 1.031, below 2 s.e. -> n.s.; IF10 (60, 61) vs (64, 64.5): -3.75, s.e.
