@@ -88,6 +88,10 @@ def check_relations(cfg) -> None:
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError("optim.nesterov", "Nesterov needs momentum > 0 (optim.momentum is 0); "
                           "set optim.nesterov=false or a momentum")
+    if getattr(cfg.model, "precision", "fp32") == "fp16" and cfg.train.amp != "none":
+        raise ConfigError("model.precision", "fp16 holds the weights themselves in fp16 and trains them without "
+                          f"autocast or loss scaler (the official code's --prec fp16); train.amp={cfg.train.amp} would "
+                          "add both: set train.amp=none")
     if cfg.train.compile == "model" and getattr(cfg.optim, "clean_backward", "separate") == "batched":
         # vmap over a compiled backward has no batching rule (torch 2.14: aten::mm.out)
         raise ConfigError("optim.clean_backward", "batched cannot run through a compiled model "
