@@ -14,7 +14,7 @@ from analysis.directions import ONE_D
 from analysis.groups import resolve_group
 from analysis.outputs import prepare_out, write_csv, write_json
 from analysis.run import CLASS_WEIGHTS, load_run, run_paths
-from analysis.sharpness import DIRECTIONS
+from analysis.sharpness import DEFINITIONS, DIRECTIONS
 from core.args import ArgumentParser, finite_float, seed
 from core.errors import UserError
 
@@ -71,12 +71,15 @@ def landscape_arguments(p: argparse.ArgumentParser) -> None:
 def sharpness_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `sharpness`."""
     o = measure.SharpnessOptions()
-    p.add_argument("--classes", default="all", help="all (default), head, medium, tail, or a class list 0,1,2")
+    p.add_argument("--classes", default="all", help="the classes reported: all (default), head, medium, tail, or "
+                   "a class list 0,1,2 (what is measured for a class does not depend on it)")
     p.add_argument("--per-class", type=int, default=o.per_class, help="training samples per class")
     p.add_argument("--batch-size", type=int, default=o.batch_size)
     p.add_argument("--rho", type=finite_float, default=o.rho, help="perturbation radius (default 0.05)")
     p.add_argument("--direction", choices=DIRECTIONS, default=o.direction,
                    help="sam: one shared SAM perturbation (default); class: each class its own")
+    p.add_argument("--definition", choices=DEFINITIONS, default=o.definition,
+                   help="mean: L_k = class k's mean loss (default); paper: Eq. 4's L_S^k = pi_k x that mean")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +296,7 @@ def sharpness_command(args) -> None:
                zip(classes, doc["loss"], doc["perturbed_loss"], doc["sharpness"])])
     plots.sharpness_bars(doc, groups, run.class_names, run.class_counts, f"{stem}.png",
                          f"{run_label(doc)}: class-wise sharpness "
-                         f"(rho = {opts.rho:g}, {opts.direction} perturbation)")
+                         f"(rho = {opts.rho:g}, {opts.direction} perturbation, {opts.definition} loss)")
     for g in ("head", "medium", "tail"):
         vals = [s for k, s in zip(classes, doc["sharpness"]) if groups.get(k) == g]
         if vals:

@@ -171,16 +171,21 @@ class SharpnessOptions:
     batch_size: int = 256
     rho: float = 0.05
     direction: str = "sam"        # "sam" (one shared perturbation) or "class" (one per class)
+    definition: str = "mean"      # "mean" (class mean loss) or "paper" (Eq. 4: pi_k x the mean)
     bn: str = "eval"
     seed: int = 0
 
 
 def sharpness(run, classes: Sequence[int], opts: SharpnessOptions, dtype=torch.float32,
               track: Track = no_track) -> Dict:
-    """S_k = L_k(w + eps) - L_k(w) for each class (analysis/sharpness.py), on up to
-    `opts.per_class` training samples per class."""
-    subsets = per_class_subset(run.labels, classes, opts.per_class, opts.seed)
-    data = {k: batches_of(run, idx, opts.batch_size, dtype) for k, idx in subsets.items()}
+    """S_k = L_k(w + eps) - L_k(w) for each class of `classes` (analysis/sharpness.py), on up to
+    `opts.per_class` training samples per class. The subsets are drawn for every class and the
+    shared (SAM) perturbation comes from every class, so `classes` only selects what is reported."""
+    counts = np.asarray(run.class_counts, dtype=np.float64)
+    everyone = list(range(len(counts)))
+    subsets = per_class_subset(run.labels, everyone, opts.per_class, opts.seed)
+    needed = everyone if opts.direction == "sam" else list(classes)
+    data = {k: batches_of(run, subsets[k], opts.batch_size, dtype) for k in needed}
     params = [p for p in run.model.parameters() if p.requires_grad]
     per_sample = per_sample_fn(run)
 
@@ -197,9 +202,8 @@ def sharpness(run, classes: Sequence[int], opts: SharpnessOptions, dtype=torch.f
                         a.add_(g)
         return acc
 
-    counts = np.asarray(run.class_counts, dtype=np.float64)
     with bn_mode(run.model, opts.bn):
-        result = classwise_sharpness(params, class_losses, weighted_grad, classes, counts[list(classes)] / counts.sum(),
-                                     opts.rho, opts.direction, track)
-    return {"classes": list(classes), "samples_per_class": {str(k): int(len(v)) for k, v in subsets.items()},
-            "rho": opts.rho, "direction": opts.direction, **result}
+        result = classwise_sharpness(params, class_losses, weighted_grad, classes, counts / counts.sum(),
+                                     opts.rho, opts.direction, opts.definition, track)
+    return {"classes": list(classes), "samples_per_class": {str(k): int(len(subsets[k])) for k in classes},
+            "rho": opts.rho, "direction": opts.direction, "definition": opts.definition, **result}

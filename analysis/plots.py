@@ -124,7 +124,8 @@ def sharpness_bars(result: Dict, group_of: Dict[int, str], names: Sequence[str],
         ax.set_xticks(range(len(classes)))
         ax.set_xticklabels([f"{names[k]}\n{counts[k]}" for k in classes], fontsize=7, rotation=0)
     ax.set_xlabel("class (training images)" if len(classes) <= 30 else "class index (head to tail)")
-    ax.set_ylabel("$L_k(w+\\epsilon) - L_k(w)$")
+    ax.set_ylabel("$L_k(w+\\epsilon) - L_k(w)$" if result["definition"] == "mean"
+                  else "$\\pi_k\\,[L_k(w+\\epsilon) - L_k(w)]$")
     ax.axhline(0, color="k", lw=0.5)
     for g in ("head", "medium", "tail"):
         if g in group_of.values():

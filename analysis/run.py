@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from core.errors import UserError
+from core.errors import UserError, mismatch_reason
 
 CLASS_WEIGHTS = ("trained", "none")
 
@@ -100,7 +100,8 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     cfg = load_config(config_path, list(overrides))
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint)
-    run = build_run(dataclasses.replace(cfg, data=_analysis_data(cfg.data)), dev)   # the engine's one assembly
+    run = build_run(dataclasses.replace(cfg, data=_analysis_data(cfg.data)), dev,    # the engine's one assembly
+                    trained_state=state["model"])
     splits, counts, model, criterion = run.splits, run.class_counts, run.model, run.criterion
     if state.get("class_counts") is not None and list(state["class_counts"]) != counts:
         raise UserError(f"{checkpoint} was trained on other class counts than its config's data; "

@@ -28,6 +28,19 @@ class ConfigError(UserError):
         Exception.__init__(self, f"config error: {path}: {message}" if path else f"config error: {message}")
 
 
+def mismatch_reason(error: Exception) -> str:
+    """The useful line of a load_state_dict error: which tensor and which shapes, or which keys.
+
+    PyTorch's message starts with 'Error(s) in loading state_dict for X:' and lists the
+    mismatches on the following lines; the first of those is what the user needs.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    details = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    return brief(details[0] if details else (lines[0] if lines else type(error).__name__), 240)
+
+
 def brief(reason: object, limit: int = 160) -> str:
     """The first non-empty line of an exception's text, cut at a word boundary to `limit` characters.
 

@@ -6,7 +6,7 @@ Both read `<relative path> <label>` split lists (data_txt/, data/split_lists.py)
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import List, Literal
+from typing import List, Literal, Tuple
 
 from core.errors import UserError
 from core.options import opt
@@ -29,17 +29,22 @@ class ListOptions(DataOptions):
 
 @dataclass(frozen=True)
 class ListPreset:
-    """What differs between the list datasets: normalisation, colour jitter, how to make the train list."""
+    """What differs between the list datasets: normalisation, colour jitter, how to make the train
+    list, and the CLIP test resize (shorter side, as a multiple of the crop)."""
     mean: tuple
     std: tuple
     jitter: float
     make_train_list: str
+    clip_test_resize: Tuple[int, int]   # (a, b): shorter side = crop * a // b
 
 
+# The official Focal-SAM CLIP test transforms (github.com/scongl/Focal-SAM): ImageNet-LT resizes the
+# shorter side to the crop (datasets/imagenet_clip.py: Resize(resolution)), iNaturalist to 8/7 of
+# it (datasets/inaturalist_clip.py: Resize(resolution * 8 // 7), 256 for 224), then CenterCrop.
 PRESETS = {
-    "imagenet_lt": ListPreset(IMAGENET_MEAN, IMAGENET_STD, 0.4, "python scripts/get_imagenet_lt_list.py"),
+    "imagenet_lt": ListPreset(IMAGENET_MEAN, IMAGENET_STD, 0.4, "python scripts/get_imagenet_lt_list.py", (1, 1)),
     "inat2018": ListPreset(INAT_MEAN, INAT_STD, 0.0, "python scripts/make_inat2018_lists.py --train-json "
-                           "train2018.json --val-json val2018.json (or --fetch)"),
+                           "train2018.json --val-json val2018.json (or --fetch)", (8, 7)),
 }
 
 
@@ -81,9 +86,11 @@ def build_list_dataset(name: str, o: ListOptions, seed: int) -> DataSplits:
 
 def list_transform(o: ListOptions, preset: ListPreset) -> dict:
     """Normalisation, jitter and test resize under data.preprocess. `clip`: the official
-    Focal-SAM CLIP pipeline (CLIP mean/std, no colour jitter, test resize = crop size)."""
+    Focal-SAM CLIP pipeline (CLIP mean/std, no colour jitter, the dataset's test resize)."""
     if o.preprocess == "clip":
-        return dict(mean=CLIP_MEAN, std=CLIP_STD, jitter=0.0, eval_resize=o.image_size)
+        a, b = preset.clip_test_resize
+        resize = o.image_size * a // b
+        return dict(mean=CLIP_MEAN, std=CLIP_STD, jitter=0.0, eval_resize=resize)
     return dict(mean=preset.mean, std=preset.std, jitter=preset.jitter, eval_resize=None)
 
 

@@ -36,10 +36,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_run(cfg: Config, device: torch.device = torch.device("cpu"), load_data: bool = True,
-              class_counts: Optional[List[int]] = None) -> Run:
+              class_counts: Optional[List[int]] = None, trained_state: Optional[dict] = None) -> Run:
     """Seed, then build every part of the run on `device`. With load_data=False no image is
     read: the class counts are `class_counts` if given, else those of the dataset's profile or
-    split list (benchmarks, config checks)."""
+    split list (benchmarks, config checks). `trained_state`: the model state dict the caller
+    loads next (models/__init__.py `build_model`)."""
     seed_everything(cfg.seed)
     splits = build_data(cfg.data, cfg.seed) if load_data else None
     if splits is not None:
@@ -47,7 +48,7 @@ def build_run(cfg: Config, device: torch.device = torch.device("cpu"), load_data
     else:
         counts = list(class_counts) if class_counts is not None else class_counts_only(cfg.data)
     names = splits.class_names if splits is not None else None      # CLIP heads start from them
-    model = build_model(cfg.model, len(counts), names).to(device)
+    model = build_model(cfg.model, len(counts), names, trained_state).to(device)
     criterion = build_loss(cfg.loss, counts).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters(), counts, cfg.train.amp)
     return Run(cfg, splits, counts, model, criterion, optimizer, EpochValues(cfg, counts))

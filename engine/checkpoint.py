@@ -74,14 +74,3 @@ def load_checkpoint(path: str, require: Sequence[str] = ("model",)) -> dict:
         raise UserError(f"{path}: '{wrong[0]}' holds a {type(state[wrong[0]]).__name__}; the file is not an "
                         "lt-sam training checkpoint")
     return state
-
-
-def mismatch_reason(error: Exception) -> str:
-    """The useful line of a load_state_dict error: which tensor and which shapes, or which keys.
-
-    PyTorch's message starts with 'Error(s) in loading state_dict for X:' and lists the
-    mismatches on the following lines; the first of those is what the user needs.
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    details = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
-    return brief(details[0] if details else (lines[0] if lines else type(error).__name__), 240)

@@ -46,6 +46,7 @@ RULES: Tuple[Rule, ...] = (
     ("optim", "gamma", lambda v: v >= 0, "must be >= 0 (Focal-SAM: exponent of 1 - pi_k)"),
     ("optim", "lam", lambda v: v >= 0, "must be >= 0 (Focal-SAM: sharpness weight)"),
     ("optim", "eta", lambda v: v >= 0, "must be >= 0 (ImbSAM: tail = classes with n_k <= eta)"),
+    ("optim", "tail_weight", lambda v: v > 0, "must be > 0 (ImbSAM: factor on the tail loss; 1 paper, 2 its code)"),
     ("optim", "ratio", lambda v: 0 <= v <= 1, "must be in [0, 1] (CC-SAM: weight of the perturbed loss)"),
     ("train", "device", lambda v: bool(DEVICE.match(v)), "must be auto, cpu, cuda, cuda:N or mps"),
     ("train", "epochs", lambda v: v <= MAX_EPOCHS, f"must be <= {MAX_EPOCHS:,}"),
@@ -90,6 +91,10 @@ def check_relations(cfg) -> None:
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError("optim.nesterov", "Nesterov needs momentum > 0 (optim.momentum is 0); "
                           "set optim.nesterov=false or a momentum")
+    if getattr(cfg.model, "precision", "fp32") == "fp16" and cfg.train.amp != "none":
+        raise ConfigError("model.precision", "fp16 holds the weights themselves in fp16 and trains them without "
+                          f"autocast or loss scaler (the official code's --prec fp16); train.amp={cfg.train.amp} would "
+                          "add both: set train.amp=none")
     if cfg.train.compile == "model" and getattr(cfg.optim, "clean_backward", "separate") == "batched":
         # vmap over a compiled backward has no batching rule (torch 2.14: aten::mm.out)
         raise ConfigError("optim.clean_backward", "batched cannot run through a compiled model "

@@ -38,6 +38,27 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, n_b
     return 100.0 * ece
 
 
+BEST_KEYS = ("top1", "head", "medium", "tail")   # All and the groups the paper prints
+
+
+def best_on_test(selection: Optional[dict], per_group: Optional[dict], report: dict, epoch: int):
+    """The paper's model selection on the test set, kept beside the last-epoch headline.
+
+    `selection`: the first evaluated epoch with the best top-1 (the official code's `is_best =
+    acc1 > best_acc1`) with its Head / Medium / Tail at that epoch: {"epoch", "top1", "head",
+    "medium", "tail"}. `per_group`: each of those its own best over the epochs, {key: {"value",
+    "epoch"}}. A group without classes (None) has no best. Returns both, updated with `report`.
+    """
+    if selection is None or report["top1"] > selection["top1"]:
+        selection = {"epoch": epoch, **{k: report.get(k) for k in BEST_KEYS}}
+    per_group = dict(per_group or {})
+    for k in BEST_KEYS:
+        v, best = report.get(k), per_group.get(k)
+        if v is not None and (best is None or v > best["value"]):
+            per_group[k] = {"value": v, "epoch": epoch}
+    return selection, per_group
+
+
 def summarize(preds, confidences, labels, class_counts, head_threshold: float, tail_threshold: float) -> dict:
     """The report of one evaluation (percent): top1 is the balanced accuracy."""
     num_classes = len(class_counts)

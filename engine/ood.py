@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from core.errors import UserError
+from core.errors import UserError, mismatch_reason
 from data.large import PRESETS as LIST_PRESETS, list_transform
 from data.listfile import ListDataset, project_path, read_class_names
 from data.ood import corruption_errors, imagenet_c_subsets, read_wnids, scan_class_folders
@@ -50,11 +50,11 @@ def _load_model(cfg: Config, checkpoint: str, info):
     if not counts:
         raise UserError(f"{checkpoint} records no class counts; it was not written by train.py")
     names = read_class_names(cfg.data.class_names, len(counts))
-    model = build_model(cfg.model, len(counts), names).to(info.device)
+    model = build_model(cfg.model, len(counts), names, state["model"]).to(info.device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
-        raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' ({str(e).splitlines()[0][:160]})") from None
+        raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' ({mismatch_reason(e)})") from None
     return model.eval(), counts
 
 

@@ -8,6 +8,7 @@ from core.errors import UserError
 from engine.checkpoint import TRAINING_KEYS, load_checkpoint, save_checkpoint
 from engine.config import Config, config_to_dict
 from engine.guards import check_finite_report, stop_note
+from engine.metrics import best_on_test
 from engine.report import RunWriter, git_revision, write_json, write_text, write_yaml
 
 REPORT_KEYS = ("top1", "head", "medium", "tail", "ece")
@@ -22,7 +23,8 @@ class RunRecord:
     def __init__(self, cfg: Config, out_dir: str, tag: str, is_main: bool):
         self.cfg, self.out_dir, self.tag, self.is_main = cfg, out_dir, tag, is_main
         self.ckpt_path = os.path.join(out_dir, "last.pt")
-        self.elapsed, self.best, self.writer = 0.0, None, None
+        self.elapsed, self.writer = 0.0, None
+        self.best, self.best_per_group = None, None    # best-on-test: engine.metrics.best_on_test
 
     # ------------------------------------------------------------------ start
     def create(self) -> None:
@@ -40,7 +42,10 @@ class RunRecord:
     def load(self) -> dict:
         """A resumed run: its checkpoint (the caller restores weights and optimizer from it)."""
         state = load_checkpoint(self.ckpt_path, require=TRAINING_KEYS)
+        # Checkpoints before best_per_group have best_on_test = {top1, epoch} only: the groups
+        # of that epoch are unknown (None) until a better epoch replaces it.
         self.elapsed, self.best = state["elapsed"], state.get("best_on_test")
+        self.best_per_group = state.get("best_per_group")
         return state
 
     def open(self, start_epoch: int) -> None:
@@ -59,12 +64,11 @@ class RunRecord:
 
     def end_epoch(self, epoch: int, values: dict, stats: dict, report: Optional[dict], seconds: float,
                   note: str, checkpoint: Callable[[], Tuple[dict, dict]], class_counts) -> None:
-        """Log the epoch, keep the best test top-1, save the checkpoint (`checkpoint()` gives the
-        model and optimizer state_dicts)."""
+        """Log the epoch, keep the best-on-test figures, save the checkpoint (`checkpoint()` gives
+        the model and optimizer state_dicts)."""
         if report is not None:
             check_finite_report(report, note)   # NaN outputs from finite weights (e.g. BN statistics)
-            if self.best is None or report["top1"] > self.best["top1"]:
-                self.best = {"top1": report["top1"], "epoch": epoch}
+            self.best, self.best_per_group = best_on_test(self.best, self.best_per_group, report, epoch)
         self.elapsed += seconds
         row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats,
                **{k: (report or {}).get(k) for k in REPORT_KEYS}, "epoch_seconds": seconds}
@@ -74,7 +78,8 @@ class RunRecord:
             model_state, optimizer_state = checkpoint()
             save_checkpoint(self.ckpt_path, {"epoch": epoch + 1, "elapsed": self.elapsed, "model": model_state,
                                              "optimizer": optimizer_state, "class_counts": list(class_counts),
-                                             "config": config_to_dict(self.cfg), "best_on_test": self.best})
+                                             "config": config_to_dict(self.cfg), "best_on_test": self.best,
+                                             "best_per_group": self.best_per_group})
 
     # ------------------------------------------------------------------ end
     def finish(self, report: dict, class_counts, class_names, info, note: str, together=None) -> dict:
@@ -82,7 +87,8 @@ class RunRecord:
         cfg = self.cfg
         final = {**report, "class_counts": list(class_counts), "class_names": class_names,
                  "epochs": cfg.train.epochs, "wall_seconds": self.elapsed,
-                 "seconds_per_epoch": self.elapsed / max(1, cfg.train.epochs), "best_on_test": self.best,
+                 "seconds_per_epoch": self.elapsed / max(1, cfg.train.epochs),
+                 "best_on_test": self.best, "best_per_group": self.best_per_group,
                  "world_size": info.world_size, "device": str(info.device), "git_revision": git_revision(),
                  "run": {"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
                          "optim": cfg.optim.name, "seed": cfg.seed}}

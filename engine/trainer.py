@@ -13,12 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from core.errors import ConfigError, UserError
+from core.errors import ConfigError, UserError, mismatch_reason
 from engine import distributed as dist_utils
 from engine.build import build_run
 from engine.capture import CapturedStep, why_not_capturable
 from engine.group import build_group, train_batches
-from engine.checkpoint import load_checkpoint, mismatch_reason
+from engine.checkpoint import load_checkpoint
 from engine.config import Config
 from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state
 from engine.records import RunRecord, percent, same_epoch
@@ -273,7 +273,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
     info = dist_utils.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     try:
         state = load_checkpoint(checkpoint)
-        run = build_run(cfg, info.device)
+        run = build_run(cfg, info.device, trained_state=state["model"])   # the checkpoint holds every weight
         splits, model = run.splits, run.model
         check_class_counts(state, splits.class_counts, checkpoint)
         try:

@@ -1,4 +1,4 @@
-"""Model registry: YAML `model.name` -> builder(options, num_classes, class_names) -> nn.Module.
+"""Model registry: YAML `model.name` -> builder(options, num_classes, class_names, trained_state) -> nn.Module.
 
 Every model exposes `forward_features(x) -> (B, D)`, its head at `.classifier`, and
 `forward(x, return_features=False)`. A new backbone is one file (its module, and an options
@@ -21,11 +21,12 @@ from models.resnet_cifar import CifarResNet
 CLIP_INPUT = ("data.preprocess", "clip", "224-pixel inputs with CLIP's mean and std")
 
 
-def _cifar_resnet(depth: int, o: ModelOptions, num_classes: int, class_names=None):
+# The ResNets are built the same way whether a trained state dict follows (`trained_state`) or not.
+def _cifar_resnet(depth: int, o: ModelOptions, num_classes: int, class_names=None, trained_state=None):
     return CifarResNet(depth, num_classes, o.classifier)
 
 
-def _torchvision_resnet(arch: str, o: ModelOptions, num_classes: int, class_names=None):
+def _torchvision_resnet(arch: str, o: ModelOptions, num_classes: int, class_names=None, trained_state=None):
     return TorchvisionResNet(arch, num_classes, o.classifier)
 
 
@@ -41,9 +42,13 @@ MODELS = {
 }
 
 
-def build_model(options: ModelOptions, num_classes: int, class_names=None) -> torch.nn.Module:
-    """`class_names` (label order) are read by the models whose head starts from text (CLIP)."""
-    model = lookup(MODELS, options.name, "model.name", "model").build(options, num_classes, class_names)
+def build_model(options: ModelOptions, num_classes: int, class_names=None, trained_state=None) -> torch.nn.Module:
+    """`class_names` (label order) are read by the models whose head starts from text (CLIP).
+    `trained_state`: the state dict of a trained model that the caller loads next (eval, OOD,
+    analysis): a model may then skip what that state replaces (CLIP: its pretrained weights file
+    and the text tower that initialises its head)."""
+    model = lookup(MODELS, options.name, "model.name", "model").build(options, num_classes, class_names,
+                                                                      trained_state)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True

@@ -5,7 +5,7 @@ L_v(w) = (1/b) sum_i v[y_i] l_i(w). These pure functions of the class counts cho
 
     SGD        a = 1                              c = 0        (no perturbation)
     SAM        a = 0                              c = 1
-    ImbSAM     a = [n_k > eta]                    c = [n_k <= eta]
+    ImbSAM     a = [n_k > eta]                    c = t [n_k <= eta]   (t = tail_weight, 1 as published)
     Focal-SAM  a = 1 - lam (1 - pi_k)^gamma       c = lam (1 - pi_k)^gamma,   pi_k = n_k / n
 
 Focal-SAM with gamma = 0, lam = 1 is SAM; as gamma grows, (1 - pi_k)^gamma falls fastest for the
@@ -33,11 +33,17 @@ def sam_weights(num_classes: int) -> Weights:
     return torch.zeros(num_classes, dtype=torch.float64), torch.ones(num_classes, dtype=torch.float64)
 
 
-def imbsam_weights(class_counts, eta: float) -> Weights:
-    """ImbSAM (Zhou et al. ICCV 2023) as published: tail = classes with n_k <= eta."""
+def imbsam_weights(class_counts, eta: float, tail_weight: float = 1.0) -> Weights:
+    """ImbSAM (Zhou et al. ICCV 2023): tail = classes with n_k <= eta, their loss times
+    `tail_weight`. Its paper's update (Alg. 1 line 10, Eq. 17) has weight 1; its public code
+    (cool-xuan/Imbalanced_SAM, utils/trainval.py `forbackward`) multiplies the tail loss by 2 in
+    both tail passes. The factor leaves the perturbation unchanged (eps is a normalised
+    gradient) and scales the tail's share of the update."""
+    if not tail_weight > 0:
+        raise ValueError(f"ImbSAM needs tail_weight > 0, got {tail_weight}")
     n = _counts(class_counts)
     tail = (n <= eta).double()
-    return 1.0 - tail, tail
+    return 1.0 - tail, tail_weight * tail
 
 
 def focal_sam_weights(class_counts, gamma: float, lam: float) -> Weights:

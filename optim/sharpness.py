@@ -8,13 +8,13 @@ For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y
 
 `a` (clean part) and `c` (sharpness part) come from `optim.class_weights`: SGD a=1, c=0 (no
 perturbation: one forward, one backward); SAM a=0, c=1 (2 fwd, 2 bwd); ImbSAM a = head mask,
-c = tail mask; Focal-SAM c = lam (1 - pi_k)^gamma, a = 1 - c (2 fwd, 3 bwd). Focal-SAM with
-gamma=0, lam=1 is SAM. grad L_a(w) and u come from ONE forward pass (two backward passes through
-the same graph); the perturbed pass is the second forward. With clean_backward="batched" those
-two backward passes are one: backward is linear in the per-sample weights, so
-autograd.grad(l, w, grad_outputs=[a[y]/b; c[y]/b], is_grads_batched=True) gives both gradients
-(vmap over the two weight rows), the same numbers as two passes. A batch whose sharpness part is empty
-(ImbSAM with no tail sample) skips the perturbed pass: then g = grad L_a(w) exactly.
+c = tail mask (times `tail_weight`); Focal-SAM c = lam (1 - pi_k)^gamma, a = 1 - c (2 fwd,
+3 bwd). Focal-SAM with gamma=0, lam=1 is SAM. grad L_a(w) and u come from ONE forward pass (two
+backward passes through the same graph); the perturbed pass is the second forward. With
+clean_backward="batched" those two backward passes are one: backward is linear in the per-sample
+weights, so autograd.grad(l, w, grad_outputs=[a[y]/b; c[y]/b], is_grads_batched=True) gives both
+gradients (vmap over the two weight rows), the same numbers as two passes. A batch whose sharpness
+part is empty (ImbSAM with no tail sample) skips the perturbed pass: then g = grad L_a(w) exactly.
 
 Under DDP (optim/base.py) u is the gradient of the GLOBAL batch by default; with
 perturbation="local" each replica perturbs along its own gradient. g is summed across ranks once.
@@ -195,13 +195,17 @@ class TwoPartOptions(PerturbOptions):
 @dataclass(frozen=True)
 class ImbSAMOptions(TwoPartOptions):
     eta: float = opt(100.0, "ImbSAM: tail = classes with n_k <= eta (see docs/reproduce.md for the per-IF rule)")
+    tail_weight: float = opt(1.0, "ImbSAM: factor on the tail loss; 1 = its paper (Alg. 1), 2 = its public code "
+                                  "(cool-xuan/Imbalanced_SAM utils/trainval.py)")
 
 
 class ImbSAM(WeightedSAM):
-    """ImbSAM (Zhou et al. ICCV 2023): SAM on the tail classes (n_k <= eta) only, SGD on the rest."""
+    """ImbSAM (Zhou et al. ICCV 2023): SAM on the tail classes (n_k <= eta) only, SGD on the rest;
+    `tail_weight` scales the tail loss (2 in ImbSAM's public code, 1 in its paper)."""
 
-    def __init__(self, params, lr: float, class_counts: Sequence, rho: float = 0.05, eta: float = 100.0, **kwargs):
-        a, c = imbsam_weights(class_counts, eta)
+    def __init__(self, params, lr: float, class_counts: Sequence, rho: float = 0.05, eta: float = 100.0,
+                 tail_weight: float = 1.0, **kwargs):
+        a, c = imbsam_weights(class_counts, eta, tail_weight)
         super().__init__(params, lr, a, c, rho=rho, **kwargs)
 
 

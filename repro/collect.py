@@ -1,7 +1,9 @@
 """final.json files -> the paper's tables: our mean ± std over seeds beside the paper's number.
 
-The headline is the last epoch (`final.json` top-level metrics). The best-on-test figure that
-final.json also keeps (`best_on_test`) goes only to the CSV, in its own column, never into a cell.
+The headline is the last epoch (`final.json` top-level metrics). The paper's own selection, the
+epoch with the best test top-1 and its groups at that epoch (`best_on_test` in final.json), goes
+to the CSV in its own column, and into the cells beside the headline, labelled, only when asked
+(`make_tables.py --best-on-test`).
 Besides the cells, the report checks the orderings the paper claims (Focal-SAM above SAM, ImbSAM
 and CC-SAM for each loss and imbalance factor) on our runs, beside the paper's own gaps.
 """
@@ -107,7 +109,29 @@ def paper_text(v: Optional[float]) -> str:
     return DASH if v is None else f"{v:.1f}"
 
 
-def format_cell(cell: Cell) -> str:
+def mean_std(values: Sequence[float]) -> str:
+    """'m ± s' over seeds (sample std; the mean alone below two values)."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{m:.2f}"
+    return f"{m:.2f} ± {math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)):.2f}"
+
+
+def best_text(cell: Cell) -> str:
+    """The paper's selection beside the headline: '· best-on-test m ± s (m - paper)'."""
+    if not cell.best_on_test:
+        return ""
+    m = sum(cell.best_on_test) / len(cell.best_on_test)
+    diff = "" if cell.paper is None else f" ({m - cell.paper:+.2f})"
+    return f" · best-on-test {mean_std(cell.best_on_test)}{diff}"
+
+
+def format_cell(cell: Cell, best: bool = False) -> str:
+    """`best`: add the best-on-test figure (the paper's selection), labelled."""
+    return _headline(cell) + (best_text(cell) if best and not cell.reference else "")
+
+
+def _headline(cell: Cell) -> str:
     paper = paper_text(cell.paper)
     if cell.reference:
         return f"no run / {paper}"
@@ -115,7 +139,7 @@ def format_cell(cell: Cell) -> str:
         # n/a: runs finished but the group is empty (e.g. no class above the head threshold)
         state = "n/a" if cell.finished else "failed" if cell.failed else "missing"
         return f"{state} / {paper}"
-    text = f"{cell.mean:.2f}" + (f" ± {cell.std:.2f}" if cell.std is not None else "")
+    text = mean_std(cell.values)
     if len(cell.values) < cell.expected:
         text += "*"
     if cell.diff is not None:
@@ -155,10 +179,15 @@ LEGEND = ("Each cell: ours, last epoch, mean ± sample std over seeds / the pape
           "these runs; failed: every asked seed failed (see FAILED and train.log in its run folder); "
           f"`{DASH}`: the paper prints no number; no run: a baseline the paper quotes (†), not run here. "
           "seeds: finished seeds of the row (per column group when they differ).")
+BEST_LEGEND = ("best-on-test: the paper's selection (the official code keeps the epoch with the best test "
+               "top-1): per seed, this column at the evaluated epoch with the best All, then mean ± std over "
+               "seeds (minus the paper's number). It selects the model on the test set, so it sits above the "
+               "last epoch by construction; the headline stays the last epoch.")
 
 
-def markdown(table: Table, rows: List[List[Cell]], notes: Sequence[str] = ()) -> str:
-    """The table in the paper's layout, then its orderings and `notes`."""
+def markdown(table: Table, rows: List[List[Cell]], notes: Sequence[str] = (), best: bool = False) -> str:
+    """The table in the paper's layout, then its orderings and `notes`; `best`: each cell also
+    shows the paper's best-on-test selection, labelled."""
     columns = [f"{g.name} {METRIC_LABELS[m]}" for g, m in table.columns()]
     epochs = ["Epoch"] if table.has_epochs else []
     lines = [f"### {table.title}", ""] + ([SMOKE_LINE, ""] if is_synthetic(rows) else [])
@@ -166,9 +195,9 @@ def markdown(table: Table, rows: List[List[Cell]], notes: Sequence[str] = ()) ->
               "|---|" + "---|" * (len(epochs) + len(columns)) + "---|"]
     for row, cells in zip(table.rows, rows):
         epoch = [str(row.epochs or "")] if epochs else []
-        lines.append(f"| {row.name} | " + " | ".join(epoch + [format_cell(c) for c in cells])
+        lines.append(f"| {row.name} | " + " | ".join(epoch + [format_cell(c, best) for c in cells])
                      + f" | {seed_summary(table, row, cells)} |")
-    lines += ["", LEGEND]
+    lines += ["", LEGEND] + (["", BEST_LEGEND] if best else [])
     order = orderings(table, rows)
     if order:
         lines += ["", *orderings_markdown(table, order)]

@@ -13,6 +13,7 @@ STACK_SEEDS=${STACK_SEEDS:-0}         # 1: a row's new seeds train together in o
 ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
 SMOKE=${SMOKE:-0}                      # 1: synthetic data, 2 tiny epochs per run (a CPU check of the pipeline)
 DRY_RUN=${DRY_RUN:-0}                  # 1: print every run's exact command and state, run nothing
+BEST_ON_TEST=${BEST_ON_TEST:-0}        # 1: the report also prints the paper's best-on-test selection, labelled
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 if [ "$SMOKE" = 1 ] && [ "$OUT_ROOT" = runs/tables ]; then
   OUT_ROOT=runs/tables-smoke   # synthetic runs never land beside real ones
@@ -32,5 +33,7 @@ fi
 "$PYTHON" scripts/run_table.py "${args[@]}"
 status=$?
 [ "$status" = 130 ] && exit 130  # Ctrl-C: stop here; the same command resumes
-"$PYTHON" scripts/make_tables.py "${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS" || status=$?
+report=("${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS")
+[ "$BEST_ON_TEST" = 1 ] && report+=(--best-on-test)
+"$PYTHON" scripts/make_tables.py "${report[@]}" || status=$?
 exit "$status"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Paper Table 8 (App. D.3, aligned computational cost): CIFAR-100-LT, ResNet-32. CE, LDAM+DRW, VS and
-# LA, each "+SAM" trained 300 epochs (configs/cifar100_lt/*_sam_300ep.yaml: the 200-epoch schedule
-# stretched 1.5x, DRW from 240) against "+Focal-SAM" at 200; IF 100 / 200 / 50 / 10 (All).
+# LA, each "+SAM" trained 300 epochs (configs/cifar100_lt/*_sam_300ep.yaml: the official code run
+# with --epochs 300, cosine over 300, DRW still from 160) against "+Focal-SAM" at 200; IF 100 / 200 /
+# 50 / 10 (All).
 # 8 rows x 4 IFs x 3 seeds = 96 runs; the 48 Focal-SAM runs are those of Tables 2 and 6 (same
 # folders: whichever script runs first trains them, the other skips them).
 #

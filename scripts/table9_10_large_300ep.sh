@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper Tables 9 and 10 (App. D.3, aligned computational cost): ResNet-50 from scratch on
 # ImageNet-LT (Table 9) and iNaturalist 2018 (Table 10): LA+SAM trained 300 epochs
-# (configs/{imagenet_lt,inat2018}/la_sam_300ep.yaml: the 200-epoch schedule stretched 1.5x, the
+# (configs/{imagenet_lt,inat2018}/la_sam_300ep.yaml: the official code run with --epochs 300, the
 # ImageNet-LT rho step at 239) against LA+Focal-SAM at 200; Head / Medium / Tail / All. torchrun,
 # 2 GPUs per ImageNet-LT run, 4 per iNaturalist run, as Table 3. Needs the images and the train
 # lists: docs/large_datasets_lists.md.

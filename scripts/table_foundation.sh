@@ -21,6 +21,7 @@ RUNS_PER_GPU=${RUNS_PER_GPU:-1}       # ViT-B/16 at batch 128 takes most of a 24
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-}        # OpenAI's ViT-B-16.pt, if not at ~/.cache/clip/ViT-B-16.pt
 SMOKE=${SMOKE:-0}
 DRY_RUN=${DRY_RUN:-0}
+BEST_ON_TEST=${BEST_ON_TEST:-0}       # 1: the report also prints the paper's best-on-test selection, labelled
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 SPEC=repro/tables_foundation.yaml     # until the lead merges it into repro/tables.yaml
@@ -38,5 +39,7 @@ fi
 "$PYTHON" scripts/run_table.py "${args[@]}"
 status=$?
 [ "$status" = 130 ] && exit 130  # Ctrl-C: stop here; the same command resumes
-"$PYTHON" scripts/make_tables.py --spec "$SPEC" --table "$TABLE" --out-root "$OUT_ROOT" --seeds "$SEEDS" || status=$?
+report=(--spec "$SPEC" --table "$TABLE" --out-root "$OUT_ROOT" --seeds "$SEEDS")
+[ "$BEST_ON_TEST" = 1 ] && report+=(--best-on-test)
+"$PYTHON" scripts/make_tables.py "${report[@]}" || status=$?
 exit "$status"

@@ -115,11 +115,14 @@ def test_landscape_origin_is_the_group_loss(tiny_run, tmp_path):
 def test_sharpness_command_per_class(tiny_run, tmp_path, capsys):
     out = tmp_path / "s"
     analyze.main(["sharpness", tiny_run, "--out", str(out), "--per-class", "100", "--rho", "0.05",
-                  "--direction", "class", "--progress", "off", "--device", "cpu", "--dtype", "float64"])
+                  "--direction", "class", "--definition", "paper", "--progress", "off", "--device", "cpu",
+                  "--dtype", "float64"])
     doc = read_json(out / "sharpness.json")
     expected, labels = independent_losses(tiny_run)
     assert doc["classes"] == [0, 1, 2, 3] and doc["samples_per_class"] == {"0": 24, "1": 15, "2": 9, "3": 6}
-    np.testing.assert_allclose(doc["loss"], [float(expected[labels == k].mean()) for k in range(4)], rtol=1e-7)
+    # Eq. 4's L_S^k = (1/n) sum over class k: the class mean times pi_k = n_k / n (24, 15, 9, 6 of 54).
+    np.testing.assert_allclose(doc["loss"], [float(expected[labels == k].sum()) / 54 for k in range(4)], rtol=1e-7)
+    assert doc["definition"] == "paper" and doc["settings"]["definition"] == "paper"
     np.testing.assert_allclose(doc["sharpness"], np.subtract(doc["perturbed_loss"], doc["loss"]), atol=1e-12)
     with open(out / "sharpness.csv") as f:
         rows = list(csv.DictReader(f))

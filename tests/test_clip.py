@@ -1,8 +1,10 @@
 """CLIP fine-tuning (models/clip.py, models/adapters.py) on a randomly initialised tiny open_clip
 CLIP: the text-initialised head, trainable parameters per mode, frozen weights under every
 optimizer, zero-init adapters, reading OpenAI's TorchScript weights, the weights-missing line."""
+import json
 import os
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -15,7 +17,11 @@ from engine.config import load_config, section
 from losses import build_loss
 from models import build_model
 from models.adapters import AdaptFormer, lift_adapter_dim
-from models.clip import TINY_CLIP, ClipClassifier, build_open_clip, read_clip_state_dict, resolve_weights
+import eval as eval_cli
+import models.clip
+import train as train_cli
+from models.clip import (TINY_CLIP, ClipClassifier, build_open_clip, read_clip_state_dict, resolve_weights,
+                         weights_activation)
 from optim import build_optimizer
 
 NAMES = ["airplane", "maple_tree", "sea turtle", "dog"]
@@ -30,7 +36,7 @@ def tiny(finetune="lift", names=NAMES, seed=0, **kw):
 def reference_clip(seed=0):
     """The tiny CLIP that `tiny(seed=...)` starts from (same seed, same construction)."""
     torch.manual_seed(seed)
-    return build_open_clip(TINY_CLIP, None).eval()
+    return build_open_clip(TINY_CLIP, None, True).eval()
 
 
 @torch.no_grad()
@@ -79,7 +85,8 @@ def test_logits_are_the_scaled_cosine_of_the_features():
 
 def test_text_tower_is_dropped():
     keys = tiny().state_dict().keys()
-    assert all(k.startswith(("visual.", "classifier.")) for k in keys), [k for k in keys if "visual" not in k][:3]
+    others = [k for k in keys if not k.startswith(("visual.", "classifier."))]
+    assert others == ["quick_gelu"], others[:3]             # the one non-weight entry: the activation
     assert "visual.proj" not in keys
 
 
@@ -116,7 +123,7 @@ def test_lift_adapter_width_rule_for_vit_b16(classes, width):
 def test_vit_b16_architecture_and_trainable_sizes():
     """The real ViT-B/16 (on the meta device: shapes only, no memory, no weights)."""
     with torch.device("meta"):
-        clip = build_open_clip(None, None)
+        clip = build_open_clip(None, None, True)
         blocks = clip.visual.transformer.resblocks
         assert len(blocks) == 12 and clip.visual.conv1.weight.shape == (768, 3, 16, 16)
         assert clip.visual.proj.shape == (768, 512) and clip.text_projection.shape == (512, 512)
@@ -125,7 +132,7 @@ def test_vit_b16_architecture_and_trainable_sizes():
         n = sum(p.numel() for p in lift.parameters() if p.requires_grad)
         assert n == 12 * (2 * 768 * 32 + 32 + 3 * 768 + 1) + 1000 * 768      # adapters r = 32 + head
     with torch.device("meta"):
-        full = ClipClassifier(build_open_clip(None, None).visual, torch.empty(1000, 768), 25.0, "full")
+        full = ClipClassifier(build_open_clip(None, None, True).visual, torch.empty(1000, 768), 25.0, "full")
         n = sum(p.numel() for p in full.parameters() if p.requires_grad)
         assert n == 12 * (12 * 768 * 768 + 13 * 768) + 1000 * 768          # 12 blocks + head
 
@@ -236,16 +243,17 @@ class _Holder(nn.Module):
 @pytest.mark.filterwarnings("ignore::FutureWarning")   # torch.jit is deprecated; OpenAI ships TorchScript
 def test_reads_openai_style_torchscript_archive_and_plain_state_dicts(tmp_path):
     torch.manual_seed(3)
-    source = build_open_clip(TINY_CLIP, None)
+    source = build_open_clip(TINY_CLIP, None, True)
     archive = tmp_path / "ViT-B-16.pt"
     torch.jit.trace(_Holder(source), torch.ones(1)).save(str(archive))
     plain = tmp_path / "open_clip.bin"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, plain)
+    assert weights_activation(str(archive)) == "quick_gelu"          # OpenAI's CLIP
     for path in (archive, plain):
         state = read_clip_state_dict(str(path))
         assert set(state) == set(source.state_dict())
         torch.manual_seed(4)                              # another random start: the weights must win
-        loaded = build_open_clip(TINY_CLIP, str(path))
+        loaded = build_open_clip(TINY_CLIP, str(path), True)
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
 
 
@@ -253,7 +261,7 @@ def test_wrong_weights_file_is_one_line(tmp_path):
     bad = tmp_path / "resnet.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, bad)
     with pytest.raises(UserError, match="does not hold CLIP ViT-B/16 weights"):
-        build_open_clip(TINY_CLIP, str(bad))
+        build_open_clip(TINY_CLIP, str(bad), True)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read CLIP weights"):
@@ -339,3 +347,159 @@ def test_download_is_staged_so_a_broken_one_leaves_no_weights_file(tmp_path, mon
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", complete)
     assert resolve_weights(str(target), download=True) == str(target)
     assert target.read_bytes() == b"weights" and sorted(os.listdir(tmp_path / "clip")) == ["ViT-B-16.pt"]
+
+
+# ----------------------------------------------------------------------------- activation, eval, weights errors
+
+@pytest.fixture
+def vit_is_tiny(monkeypatch):
+    """clip_vit_b16 with the tiny architecture: every path of the real model (weights file,
+    activation, class names) at the cost of the tiny one."""
+    monkeypatch.setattr(models.clip, "VIT_B16", TINY_CLIP)
+
+
+def open_clip_weights(folder, quick_gelu: bool, config: bool = True, arch=TINY_CLIP) -> str:
+    """An open_clip state dict as the Hugging Face hub keeps one: open_clip_pytorch_model.bin
+    with open_clip_config.json (model_cfg.quick_gelu) beside it."""
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(5)
+    torch.save(build_open_clip(arch, None, quick_gelu).state_dict(), os.path.join(folder, "open_clip_pytorch_model.bin"))
+    if config:
+        with open(os.path.join(folder, "open_clip_config.json"), "w") as f:
+            json.dump({"model_cfg": {"embed_dim": 16, "quick_gelu": quick_gelu}}, f)
+    return os.path.join(folder, "open_clip_pytorch_model.bin")
+
+
+def clip_b16(weights, **kw):
+    return section("model", name="clip_vit_b16", clip_weights=str(weights), clip_download=False, **kw)
+
+
+def activations(model):
+    return {type(m).__name__ for m in model.modules() if isinstance(m, (nn.GELU, open_clip.transformer.QuickGELU))}
+
+
+def test_activation_is_the_one_the_weights_were_trained_with(tmp_path, vit_is_tiny):
+    names = NAMES[:3]
+    for quick in (True, False):
+        model = build_model(clip_b16(open_clip_weights(tmp_path / str(quick), quick)), 3, names)
+        assert activations(model) == {"QuickGELU" if quick else "GELU"} and bool(model.quick_gelu) == quick
+    bare = open_clip_weights(tmp_path / "bare", False, config=False)
+    with pytest.raises(UserError) as e:                  # no config beside it: never a silent guess
+        build_model(clip_b16(bare), 3, names)
+    assert "\n" not in str(e.value) and "model.activation=quick_gelu or model.activation=gelu" in str(e.value)
+    assert activations(build_model(clip_b16(bare, activation="gelu"), 3, names)) == {"GELU"}
+    gelu = build_model(clip_b16(bare, activation="gelu"), 3, names)
+    quick = build_model(clip_b16(bare, activation="quick_gelu"), 3, names)
+    with pytest.raises(RuntimeError, match="activation mismatch: the checkpoint was trained with GELU"):
+        quick.load_state_dict(gelu.state_dict())
+
+
+def named_list_dataset(root) -> str:
+    """Three classes of 32 x 32 PNGs (3, 2, 1 training images, one test image each) with class
+    names, as ImageNet-LT's lists and classnames.txt lay them out: the data section of a config."""
+    from PIL import Image
+    os.makedirs(root / "img", exist_ok=True)
+    rng = np.random.default_rng(0)
+    train, test = [], []
+    for k, n in enumerate((3, 2, 1)):
+        for i in range(n + 1):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "img" / f"{k}_{i}.png")
+            (train if i < n else test).append(f"img/{k}_{i}.png {k}")
+    (root / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "test.txt").write_text("\n".join(test) + "\n")
+    (root / "names.txt").write_text("n0 cat\nn1 dog\nn2 bird\n")
+    return (f"data: {{name: imagenet_lt, root: {root}, train_list: {root / 'train.txt'}, test_list: {root / 'test.txt'}, "
+            f"class_names: {root / 'names.txt'}, num_classes: 3, image_size: 224, num_workers: 0, preprocess: clip, "
+            "head_threshold: 2, tail_threshold: 2}\n")
+
+
+def test_eval_of_a_clip_run_reads_no_weights_file(tmp_path, capsys, vit_is_tiny):
+    """A GELU CLIP trained one epoch, its weights file then deleted: eval.py rebuilds the model
+    from the checkpoint alone (GELU, which it records) and reproduces the final report."""
+    weights = open_clip_weights(tmp_path / "weights", quick_gelu=False)
+    cfg = tmp_path / "clip.yaml"
+    cfg.write_text(named_list_dataset(tmp_path / "data") +
+                   f"model: {{name: clip_vit_b16, clip_weights: {weights}, clip_download: false, finetune: lift}}\n"
+                   "loss: {name: la}\noptim: {name: sgd, lr: 0.01}\ntrain: {epochs: 1, batch_size: 4, progress: 'off'}\n")
+    run = tmp_path / "run"
+    train_cli.main(["--config", str(cfg), "--out", str(run)])
+    for name in os.listdir(tmp_path / "weights"):
+        os.remove(tmp_path / "weights" / name)
+    eval_cli.main(["--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "eval.json")])
+    with open(run / "final.json") as f, open(tmp_path / "eval.json") as g:
+        final, ev = json.load(f), json.load(g)
+    assert ev["per_class_acc"] == final["per_class_acc"] and ev["top1"] == final["top1"]
+
+
+def train_error(capsys, *argv) -> str:
+    """The one `error:` line (exit status 2) of train.py run here."""
+    with pytest.raises(SystemExit) as e:
+        train_cli.main([str(a) for a in argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_weights_file_problems_are_one_line(tmp_path, capsys, vit_is_tiny):
+    """A folder, a corrupt or truncated file, and weights of another architecture (the key and
+    both shapes named) each stop train.py with one line."""
+    good = open_clip_weights(tmp_path / "good", True)
+    truncated = tmp_path / "truncated.bin"
+    truncated.write_bytes(open(good, "rb").read()[:2000])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x02not a checkpoint at all")
+    other = open_clip_weights(tmp_path / "wide", True, arch={**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"],
+                                                                                          "width": 48}})
+    cfg = tmp_path / "clip.yaml"
+    cfg.write_text(named_list_dataset(tmp_path / "data") +
+                   "model: {name: clip_vit_b16, clip_download: false, activation: quick_gelu}\n"
+                   "loss: {name: la}\noptim: {name: sgd, lr: 0.01}\ntrain: {epochs: 1, batch_size: 2}\n")
+    run = lambda weights, out: train_error(capsys, "--config", cfg, "--out", tmp_path / out, "--set",
+                                           f"model.clip_weights={weights}")
+    assert "is a folder; give the weights file itself" in run(tmp_path / "good", "r1")
+    for bad, out in ((truncated, "r2"), (junk, "r3")):
+        line = run(bad, out)
+        assert "cannot read CLIP weights" in line and "corrupt" in line and "weights_only" not in line
+    line = run(other, "r4")
+    assert "does not hold CLIP ViT-B/16 weights (size mismatch for visual." in line and "torch.Size([48" in line
+
+
+# ----------------------------------------------------------------------------- the official fp16 precision
+
+def test_fp16_precision_holds_and_updates_the_weights_in_fp16(tmp_path):
+    """model.precision: fp16, the official code's --prec fp16: linear / conv / attention weights,
+    adapters and head in fp16, LayerNorms in fp32; one SGD step rounds w - lr g to fp16 (no fp32
+    master copy, no scaler), so an update below half a weight's fp16 spacing is lost, where the
+    fp32 model moves."""
+    models_ = {p: tiny("lift", precision=p) for p in ("fp32", "fp16")}
+    half = models_["fp16"]
+    block = half.visual.transformer.resblocks[0]
+    assert block.attn.in_proj_weight.dtype == half.visual.conv1.weight.dtype == torch.float16
+    assert block.mlp.adapter.down.weight.dtype == half.classifier.weight.dtype == torch.float16
+    assert block.ln_1.weight.dtype == torch.float32
+    x, y = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 3])
+    assert half(x).dtype == torch.float16
+    lost = {}
+    for precision, model in models_.items():
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        cfg = section("optim", name="sgd", lr=0.01, momentum=0.0, weight_decay=0.0)
+        opt = build_optimizer(cfg, model.parameters(), COUNTS, "none")
+        loss, _ = opt.step(model, x, y, build_loss(section("loss", name="la"), COUNTS))
+        assert torch.isfinite(loss) and not opt.scaler.is_enabled()
+        lost[precision] = 0
+        for n, p in model.named_parameters():
+            if n in start:
+                g = p.grad
+                assert p.dtype == g.dtype == start[n].dtype
+                expected = (start[n].double() - 0.01 * g.double()).to(p.dtype)   # one rounding to the weight's dtype
+                ulp = 2.0 ** -10 if precision == "fp16" else 2.0 ** -23
+                assert ((p.detach().double() - expected.double()).abs() <= ulp * expected.double().abs()).all(), n
+                lost[precision] += int(((p.detach() == start[n]) & (g != 0)).sum())
+    assert lost["fp32"] == 0 and lost["fp16"] > 0
+
+
+def test_fp16_precision_refuses_autocast():
+    with pytest.raises(ConfigError, match="model.precision.*set train.amp=none"):
+        from engine.config import config_from_tree
+        config_from_tree({"data": {"name": "synthetic", "preprocess": "clip"},
+                          "model": {"name": "clip_tiny", "precision": "fp16"}, "train": {"amp": "fp16"}})

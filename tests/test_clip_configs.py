@@ -47,6 +47,8 @@ def test_settings_follow_the_paper_and_the_official_code(path):
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.model.cosine_scale) == (epochs, 128, 25.0)
     assert cfg.model.prompts == ("a photo of a {}.",) and cfg.model.adapter_dim == 0
     assert cfg.train.amp == ("none" if dataset == "inat2018" else "fp16")   # official iNaturalist: --prec fp32
+    # fp32 weights (ours; the official --prec fp16 is model.precision=fp16), activation from the weights
+    assert (cfg.model.precision, cfg.model.activation) == ("fp32", "auto")
     rho, gamma, lam = OFFICIAL_FOCAL[dataset]
     if optim != "sgd":
         assert cfg.optim.rho == rho and cfg.optim.rho_milestones == ()

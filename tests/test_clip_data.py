@@ -66,16 +66,18 @@ def write_png_tree(root):
     (root / "test.txt").write_text("img/flat.png 0\nimg/split.png 1\n")
 
 
-@pytest.mark.parametrize("preprocess, red_columns", [("clip", 67), ("standard", 61)])
-def test_list_dataset_preprocess(tmp_path, preprocess, red_columns):
+@pytest.mark.parametrize("name, preprocess, red_columns", [("imagenet_lt", "clip", 67), ("imagenet_lt", "standard", 61),
+                                                          ("inat2018", "clip", 61)])
+def test_list_dataset_preprocess(tmp_path, name, preprocess, red_columns):
     write_png_tree(tmp_path)
-    cfg = section("data", name="imagenet_lt", root=str(tmp_path), train_list=str(tmp_path / "train.txt"),
+    cfg = section("data", name=name, root=str(tmp_path), train_list=str(tmp_path / "train.txt"),
                      test_list=str(tmp_path / "test.txt"), num_classes=2, image_size=224, num_workers=0,
                      preprocess=preprocess)
     splits = build_data(cfg, seed=0)
-    # Test: shorter side 100 -> 224 (CLIP: the crop size, as the official Focal-SAM CLIP code)
-    # or 256 (ResNet presets), centre crop 224. The red part ends at x = 130 * 2.24 = 291.2 of
-    # 672 (crop starts at 224), or 130 * 2.56 = 332.8 of 768 (crop starts at 272).
+    # Test: shorter side 100 -> 224 (ImageNet-LT CLIP: the crop size, as the official Focal-SAM
+    # code's Resize(224)) or 256 (ResNet presets; iNaturalist CLIP: its Resize(224 * 8 // 7)),
+    # centre crop 224. The red part ends at x = 130 * 2.24 = 291.2 of 672 (crop starts at 224), or
+    # 130 * 2.56 = 332.8 of 768 (crop starts at 272).
     x = splits.test[1][0]
     red = (x[0] > x[2]).float().mean(0)                 # per column: share of red-dominated pixels
     assert x.shape == (3, 224, 224)

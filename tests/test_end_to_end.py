@@ -32,6 +32,13 @@ def test_train_then_eval_via_cli(tiny_config, tmp_path):
         assert key in final, key
     assert final["class_counts"] == [24, 15, 9, 6] and final["epochs"] == 2
     assert final["top1"] == pytest.approx(sum(final["per_class_acc"]) / 4)
+    # The paper's selection beside the headline: from the per-epoch log, the first epoch with the
+    # best top-1 and its groups, and each group's own best.
+    best = max(lines, key=lambda l: (l["top1"], -l["epoch"]))
+    assert final["best_on_test"] == {"epoch": best["epoch"], **{k: best[k] for k in ("top1", "head", "medium", "tail")}}
+    for k in ("top1", "head", "medium", "tail"):
+        top = max(lines, key=lambda l: (l[k], -l["epoch"]))
+        assert final["best_per_group"][k] == {"value": top[k], "epoch": top["epoch"]}
     assert "top1" in proc.stdout and "epoch 2/2" in proc.stdout
     # eval.py on the checkpoint reproduces the final report.
     proc = run_cli("eval.py", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "e.json"))

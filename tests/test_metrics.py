@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.metrics import expected_calibration_error, group_masks, per_class_accuracy, summarize
+from engine.metrics import best_on_test, expected_calibration_error, group_masks, per_class_accuracy, summarize
 
 
 def test_per_class_and_groups_by_hand():
@@ -49,3 +49,16 @@ def test_ece_by_hand_two_bins():
     assert expected_calibration_error(conf, correct) == pytest.approx(100 * expected)
     # Upper edges belong to their bin: confidence exactly 1/15 is in bin 0, 1.0 in bin 14.
     assert expected_calibration_error(np.array([1 / 15, 1.0]), np.array([0, 1])) == pytest.approx(100 * 0.5 / 15)
+
+
+def test_best_on_test_is_the_first_epoch_with_the_best_top1_and_each_groups_own_best():
+    """Four evaluations by hand: top-1 70, 74, 74 (a tie keeps the first: the official code's
+    `acc1 > best_acc1`), 72; Head peaks at epoch 0, Tail at epoch 3, Medium has no classes."""
+    reports = [dict(top1=70.0, head=90.0, medium=None, tail=40.0), dict(top1=74.0, head=85.0, medium=None, tail=50.0),
+               dict(top1=74.0, head=88.0, medium=None, tail=52.0), dict(top1=72.0, head=80.0, medium=None, tail=55.0)]
+    selection, per_group = None, None
+    for epoch, report in enumerate(reports):
+        selection, per_group = best_on_test(selection, per_group, report, epoch)
+    assert selection == {"epoch": 1, "top1": 74.0, "head": 85.0, "medium": None, "tail": 50.0}
+    assert per_group == {"top1": {"value": 74.0, "epoch": 1}, "head": {"value": 90.0, "epoch": 0},
+                         "tail": {"value": 55.0, "epoch": 3}}

@@ -5,7 +5,7 @@ import torch
 
 from optim import SAM, SGD, FocalSAM, ImbSAM
 from optim.class_weights import focal_sam_weights, imbsam_weights
-from reference import MLP, ConvBN, params_of, per_sample_ce, reference_copy, weighted_sam_reference
+from reference import MLP, ConvBN, params_of, per_sample_ce, reference_copy, sgd_update, weighted_sam_reference
 
 COUNTS = [400, 120, 30, 8]
 LR, WD, RHO = 0.1, 5e-4, 0.3
@@ -110,6 +110,54 @@ def test_imbsam_batch_without_tail_is_a_finite_sgd_step():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
 
 
+def imbsam_code_step(model, bufs, x, y, tail_classes, rho, factor, lr, momentum, wd):
+    """One step of ImbSAM's public code (cool-xuan/Imbalanced_SAM, utils/trainval.py
+    `forbackward` and imbsam.py), written out on `model` itself with plain autograd: the head loss
+    sum / b at w; the tail loss sum / b times `factor` at w, whose gradient g gives
+    eps = rho g / ||g||; the same tail loss at w + eps; the two gradients summed, w restored, SGD."""
+    params = list(model.parameters())
+    b = len(y)
+    tail = torch.isin(y, torch.tensor(tail_classes))
+    losses = per_sample_ce(model(x), y)
+    g_head = torch.autograd.grad(losses[~tail].sum() / b, params, retain_graph=True)
+    g_tail = torch.autograd.grad(losses[tail].sum() / b * factor, params)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in g_tail))
+    eps = [rho * g / (norm + 1e-12) for g in g_tail]
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.add_(e)
+    g_moved = torch.autograd.grad(per_sample_ce(model(x), y)[tail].sum() / b * factor, params)
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.sub_(e)
+    names = [n for n, _ in model.named_parameters()]
+    grads = {n: gh + gm for n, gh, gm in zip(names, g_head, g_moved)}
+    new = sgd_update({n: p.detach() for n, p in model.named_parameters()}, grads, bufs, lr, momentum, wd)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(new[n])
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_imbsam_tail_weight_equals_the_public_code(factor):
+    """optim.tail_weight = 2 is ImbSAM's public code, 1 its paper: three float64 steps against the
+    code's three passes written out (imbsam_code_step), and the two factors train differently."""
+    model, code_model, bufs = make_model("mlp"), make_model("mlp"), {}
+    opt = ImbSAM(model.parameters(), lr=LR, momentum=0.9, weight_decay=WD, rho=RHO, eta=100,
+                 tail_weight=factor, class_counts=COUNTS)
+    for x, y in batches("mlp"):
+        y[0] = 3                                       # a tail sample in every batch
+        opt.step(model, x, y, per_sample_ce)
+        imbsam_code_step(code_model, bufs, x, y, [2, 3], RHO, factor, LR, 0.9, WD)
+    for p, q in zip(model.parameters(), code_model.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+    other, bufs = make_model("mlp"), {}
+    for x, y in batches("mlp"):
+        y[0] = 3
+        imbsam_code_step(other, bufs, x, y, [2, 3], RHO, 3.0 - factor, LR, 0.9, WD)
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), other.parameters())) > 1e-4
+
+
 @pytest.mark.parametrize("kind", ["mlp", "convbn"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_focal_sam(kind, momentum):
@@ -204,6 +252,8 @@ def test_bad_arguments_raise_value_errors():
         FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=-0.5)
     with pytest.raises(ValueError, match="gamma >= 0"):
         FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], gamma=-1.0)
+    with pytest.raises(ValueError, match="tail_weight > 0"):
+        ImbSAM(model.parameters(), lr=0.1, class_counts=[5, 3], eta=4, tail_weight=0.0)
     FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=1.1)   # > 1 is allowed (official iNaturalist)
     opt = FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3])
     with pytest.raises(ValueError, match="target 3 is out of range for 2 classes"):
