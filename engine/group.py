@@ -16,9 +16,9 @@ from core.errors import ConfigError, UserError
 from engine.build import Run, build_run
 from engine.config import Config, config_to_dict
 from engine.loaders import train_loader
-from models.stacked import StackedModels
+from models.stacked import StackedModels, member_optimizer_state, stacked_optimizer_state
 from optim import build_optimizer, optimizer_class
-from optim.base import members
+from optim.members import members
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Group:
         """(model state_dict, optimizer state_dict) of member k, as one run alone would save them."""
         if not members(self.model):
             return self.model.state_dict(), self.optimizer.state_dict()
-        return self.model.member_state_dict(k), self.optimizer.member_state_dict(k)
+        return self.model.member_state_dict(k), member_optimizer_state(self.optimizer.state_dict(), k)
 
     def load_members(self, states: Sequence[dict]) -> None:
         """Each member from its own checkpoint's 'model' and 'optimizer'."""
@@ -51,7 +51,7 @@ class Group:
             return
         for k, state in enumerate(states):
             self.model.load_member_state_dict(k, state["model"])
-        self.optimizer.load_member_state_dicts([s["optimizer"] for s in states])
+        self.optimizer.load_state_dict(stacked_optimizer_state([s["optimizer"] for s in states]))
 
 
 def check_members(cfgs: Sequence[Config], distributed: bool) -> None:

@@ -25,7 +25,8 @@ from engine.records import RunRecord, percent, same_epoch
 from engine.loaders import eval_loader
 from engine.metrics import summarize
 from engine.report import git_revision, write_json
-from optim.base import AMP_DTYPES, members
+from optim.base import AMP_DTYPES
+from optim.members import members
 
 CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
 

@@ -104,3 +104,37 @@ def _owner(root: nn.Module, name: str):
     prefix, _, leaf = name.rpartition(".")
     return (root.get_submodule(prefix) if prefix else root), leaf
 
+
+
+# --------------------------------------------------------------- an optimizer's state, per member
+def member_optimizer_state(state: dict, k: int) -> dict:
+    """Member k's part of the state_dict of an optimizer that steps a stacked model: every
+    per-parameter tensor (N, ...) sliced at k, the rest (param groups, step counts, a loss
+    scale) as it is; it loads into the optimizer of member k's model alone. Nested dicts (a
+    wrapper's base optimizer, a perturbation rule's state) are sliced the same way."""
+    def part(v):
+        if isinstance(v, dict):
+            return {key: part(x) for key, x in v.items()}
+        return v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v
+    return {key: (part(v) if key == "state" or isinstance(v, dict) else v) for key, v in state.items()}
+
+
+def stacked_optimizer_state(states: Sequence[dict]) -> dict:
+    """The inverse: one state_dict per member (as `member_optimizer_state` writes them, or each
+    run's own) stacked into the stacked optimizer's. Hyper-parameters are member 0's."""
+    first = states[0]
+
+    def merge(values, path):
+        v0 = values[0]
+        if isinstance(v0, dict):
+            keys = set(v0)
+            for v in values[1:]:
+                if not isinstance(v, dict) or set(v) != keys:
+                    raise ValueError(f"optimizer state {path or 'root'} differs in structure between the members' "
+                                     "checkpoints (a parameter with state in some of them only?)")
+            return {key: merge([v[key] for v in values], f"{path}.{key}") for key in v0}
+        if torch.is_tensor(v0) and v0.dim() > 0:
+            return torch.stack(values)
+        return v0
+    return {key: (merge([s[key] for s in states], key) if isinstance(first[key], dict) else first[key])
+            for key in first}

@@ -9,11 +9,9 @@ targets)` must return per-sample losses. It wraps `torch.optim.SGD` and shares i
 Weight decay and momentum belong to the base step only.
 
 Many models at once: `model` may be an `models.stacked.StackedModels` of N members (images
-(N, B, ...), targets (N, B)). Every pass then runs all members together; the loss is the sum of
-the members' losses (each normalised by its own batch size B), so each member's slice of a
-parameter gets that member's gradient, and what is not elementwise is taken per member: the
-criterion, the perturbation norm, the skip of a perturbed pass (`moved(..., skip=)`). `step`
-returns per-member mean losses (N,). Not with fp16 (one loss scale would couple the members).
+(N, B, ...), targets (N, B)); what is not elementwise is then taken per member by the helpers of
+optim/members.py, and `step` returns per-member mean losses (N,). Not with fp16 (one loss scale
+would couple the members).
 
 Distributed: when `model` is a DistributedDataParallel module, every pass runs under
 `model.no_sync()` and the gradients that need it are summed across DDP's process group here, in
@@ -34,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from core.collectives import all_reduce_sum_
 from core.options import opt
+from optim.members import keep_skipped, members, per_sample_losses
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
@@ -98,9 +97,9 @@ class SharpnessOptimizer(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, rho: float = 0.05, bn_mode: str = "update",
                  exclude_bn_bias: bool = False, perturbation: str = "global", amp: str = "none"):
-        _check_choice("bn_mode", bn_mode, ("update", "freeze"))
-        _check_choice("perturbation", perturbation, ("global", "local"))
-        _check_choice("amp", amp, tuple(AMP_DTYPES))
+        check_choice("bn_mode", bn_mode, ("update", "freeze"))
+        check_choice("perturbation", perturbation, ("global", "local"))
+        check_choice("amp", amp, tuple(AMP_DTYPES))
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         super().__init__(params, dict(rho=rho))
@@ -109,6 +108,7 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self.bn_mode, self.exclude_bn_bias, self.perturbation, self.amp = bn_mode, exclude_bn_bias, perturbation, amp
+        self._checked = False
         device_type = self.param_groups[0]["params"][0].device.type
         self.scaler = torch.amp.GradScaler(device_type, enabled=(amp == "fp16"))
 
@@ -122,29 +122,6 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         if state_dict.get("scaler"):
             self.scaler.load_state_dict(state_dict["scaler"])
-
-    def member_state_dict(self, k: int) -> dict:
-        """Member k's state_dict when the optimizer steps a stacked model: the state of the
-        optimizer it would have alone (per-parameter tensors sliced at k), loadable by one."""
-        state = self.state_dict()
-        base = state["base"]
-        sliced = {i: {key: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for key, v in st.items()}
-                  for i, st in base["state"].items()}
-        return {"base": {"state": sliced, "param_groups": base["param_groups"]}, "scaler": state["scaler"]}
-
-    def load_member_state_dicts(self, states: Sequence[dict]) -> None:
-        """The inverse: one state_dict per member (as `member_state_dict` writes them, or a run's
-        own), stacked and loaded. Hyper-parameters (param groups) are member 0's."""
-        first = states[0]["base"]
-        stacked = {}
-        for i, st in first["state"].items():
-            per = [s["base"]["state"].get(i) for s in states]
-            if any(p is None for p in per):
-                raise ValueError(f"parameter {i} has optimizer state in some members' checkpoints only")
-            stacked[i] = {key: (torch.stack([p[key] for p in per]) if torch.is_tensor(v) and v.dim() > 0 else v)
-                          for key, v in st.items()}
-        self.load_state_dict({"base": {"state": stacked, "param_groups": first["param_groups"]},
-                              "scaler": states[0].get("scaler")})
 
     # ------------------------------------------------------------------ parameters
     def trainable(self) -> List[nn.Parameter]:
@@ -160,15 +137,49 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         pairs = [(p, g["rho"]) for g in self.param_groups for p in g["params"] if p.requires_grad and id(p) not in skip]
         return [p for p, _ in pairs], [r for _, r in pairs]
 
+    def start_step(self, model, targets: torch.Tensor, num_classes=None) -> None:
+        """Clear the gradients; at the first step, check the model (stacked?) and the targets'
+        range against the number of classes the optimizer's weights have."""
+        self.zero_grad(set_to_none=True)
+        if not self._checked:
+            self.check_members(model)
+            if num_classes:
+                self.check_targets(targets, num_classes)
+            self._checked = True
+
     # ------------------------------------------------------------------ passes
+    def gradient(self, loss: torch.Tensor, params, keep_graph: bool) -> List[torch.Tensor]:
+        """d loss / d params (times the fp16 loss scale), leaving .grad alone; zeros where unused."""
+        g = torch.autograd.grad(self.scaled(loss), params, retain_graph=keep_graph, allow_unused=True)
+        return [torch.zeros_like(p) if x is None else x for p, x in zip(params, g)]
+
+    def gradients_batched(self, losses: torch.Tensor, weights: torch.Tensor, params) -> List[torch.Tensor]:
+        """One backward for two weightings of the per-sample losses (weights (2, b)): row 0's
+        gradient of every trainable parameter into .grad, row 1's gradient of `params` returned
+        (autograd.grad with is_grads_batched: vmap over the rows, the numbers of two passes)."""
+        every = self.trainable()
+        both = torch.autograd.grad(losses, every, grad_outputs=self.scaled(weights), is_grads_batched=True,
+                                   allow_unused=True)
+        by_id = {id(p): g for p, g in zip(every, both)}
+        for p, g in zip(every, both):
+            p.grad = None if g is None else g[0]
+        return [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
+
+    def perturb(self, model, params, rhos, u, rule):
+        """eps = rule(u): u first summed over the replicas (perturbation="global") and unscaled
+        (fp16); None when the fp16 u overflowed (the scaler then skipped the step)."""
+        if u is not None:
+            if self.perturbation == "global":
+                self.sum_across_ranks(model, u)
+            if not self.unscaled_or_skip(params, u, model):
+                return None
+        return rule(params, u, rhos, model)
+
     def forward(self, model, images, targets, criterion):
         """One forward pass (under autocast when asked): (logits, per-sample losses, fp32 at least)."""
         with self.autocast(images.device.type):
             logits = model(images)
-            if members(model):   # one criterion call per member: a loss may normalise over its batch
-                losses = torch.stack([criterion(l, t) for l, t in zip(logits, targets)])
-            else:
-                losses = criterion(logits, targets)
+            losses = per_sample_losses(criterion, logits, targets, model)
         if losses.shape != targets.shape:
             raise ValueError(f"criterion must return per-sample losses of shape {tuple(targets.shape)}, "
                              f"got {tuple(losses.shape)} (use reduction='none')")
@@ -225,11 +236,7 @@ class SharpnessOptimizer(torch.optim.Optimizer):
             yield
         finally:
             for (m, name, buf), c in zip(swapped, clones):
-                if self.bn_mode == "freeze":
-                    setattr(m, name, buf)
-                else:
-                    keep = skip.to(buf.device).view(-1, *[1] * (buf.dim() - 1))
-                    setattr(m, name, torch.where(keep, buf, c))
+                setattr(m, name, buf if self.bn_mode == "freeze" else keep_skipped(buf, c, skip))
 
     # ------------------------------------------------------------------ fp16 and DDP plumbing
     def unscaled_or_skip(self, params, grads: List[torch.Tensor], model) -> bool:
@@ -274,9 +281,10 @@ class SharpnessOptimizer(torch.optim.Optimizer):
     def global_batch_size(self, model, targets: torch.Tensor):
         """b of the whole batch: the local size, or its sum over DDP's ranks (losses are divided
         by it, so that summing gradients across ranks gives the mean over the global batch)."""
+        b = float(targets.shape[-1])        # (B,) or a stacked model's (N, B)
         if self.ddp(model) is None:
-            return float(len(targets))
-        n = torch.tensor([float(len(targets))], device=targets.device)
+            return b
+        n = torch.tensor([b], device=targets.device)
         self.sum_across_ranks(model, [n])
         return n[0]
 
@@ -295,23 +303,11 @@ class SharpnessOptimizer(torch.optim.Optimizer):
                              f"(class_counts has {num_classes} entries)")
 
 
-def members(model) -> int:
-    """N for a stacked model (models/stacked.py; also behind torch.compile), 0 for one model."""
-    return int(getattr(model, "members", 0) or 0)
-
-
-def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(N,) the 2-norm of each member's slice over all `tensors` (each (N, ...)): the norm of the
-    per-tensor norms, as torch.nn.utils.get_total_norm takes it for one model."""
-    per_tensor = torch.stack([torch.linalg.vector_norm(t.flatten(1), dim=1) for t in tensors])
-    return torch.linalg.vector_norm(per_tensor, dim=0)
-
-
 def full_precision(t: torch.Tensor) -> torch.Tensor:
     """Losses in fp32 at least (fp64 stays fp64, for exactness tests)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _check_choice(name: str, value, choices: tuple) -> None:
+def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

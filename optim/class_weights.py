@@ -11,7 +11,7 @@ L_v(w) = (1/b) sum_i v[y_i] l_i(w). These pure functions of the class counts cho
 Focal-SAM with gamma = 0, lam = 1 is SAM; as gamma grows, (1 - pi_k)^gamma falls fastest for the
 head classes, so the weights approach an ImbSAM-like split (Focal-SAM paper, section 4).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -53,3 +53,29 @@ def focal_sam_weights(class_counts, gamma: float, lam: float) -> Weights:
     n = _counts(class_counts)
     c = lam * (1.0 - n / n.sum()) ** gamma
     return 1.0 - c, c
+
+
+class ClassWeights:
+    """The pair (a, c) of one optimizer: per-sample weights on the batch's device, and which parts
+    are present in every batch (decided once, from the weights: a part whose weights are all zero
+    is never present; otherwise it is present, unless the method looks at each batch: ImbSAM)."""
+
+    def __init__(self, clean, sharp):
+        self.a = torch.as_tensor(clean, dtype=torch.float64)
+        self.c = torch.as_tensor(sharp, dtype=torch.float64)
+        if self.a.shape != self.c.shape or self.a.ndim > 1:
+            raise ValueError("clean_weight and sharp_weight must be scalars or vectors of one length")
+        self.clean, self.sharp = bool((self.a != 0).any()), bool((self.c != 0).any())
+        self._on_device = {}
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return len(self.a) if self.a.ndim else None
+
+    def per_sample(self, targets: torch.Tensor, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(a[y_i], c[y_i]) shaped like targets. The vectors are copied to the device once: a copy
+        per step would be a host sync, which a CUDA graph cannot record."""
+        key = (targets.device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = (self.a.to(targets.device, dtype), self.c.to(targets.device, dtype))
+        return tuple(w.expand(targets.shape) if w.ndim == 0 else w[targets] for w in self._on_device[key])

@@ -37,10 +37,9 @@ def total_norm(tensors: Sequence[torch.Tensor], model) -> torch.Tensor:
     return member_norms(tensors) if members(model) else torch.nn.utils.get_total_norm(tensors)
 
 
-def scale_each(tensors: Sequence[torch.Tensor], factor: torch.Tensor) -> None:
-    """t *= factor in place, factor a scalar or (N,) per member (broadcast over each (N, ...))."""
-    for t in tensors:
-        t.mul_(factor.view(-1, *[1] * (t.dim() - 1)) if factor.dim() else factor)
+def broadcast(factor: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A scalar factor as it is; a per-member one (N,) shaped to multiply t (N, ...)."""
+    return factor.view(-1, *[1] * (t.dim() - 1)) if factor.dim() else factor
 
 
 def sharp_members(c: torch.Tensor) -> torch.Tensor:

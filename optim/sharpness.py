@@ -19,6 +19,11 @@ part is empty (ImbSAM with no tail sample) skips the perturbed pass: then g = gr
 Under DDP (optim/base.py) u is the gradient of the GLOBAL batch by default; with
 perturbation="local" each replica perturbs along its own gradient. g is summed across ranks once.
 
+eps = rho u / ||u|| is the `sam` perturbation rule; `perturb` picks another (optim/perturbations.py),
+which leaves the weighting above as it is. The plumbing (fp16 loss scaling, DDP sums, stacked
+models, BatchNorm in the perturbed pass) sits in named helpers of optim/base.py and
+optim/members.py; the class below is the update itself.
+
     opt = FocalSAM(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
                    rho=0.2, gamma=3.0, lam=0.5, class_counts=counts)
     loss, logits = opt.step(model, images, targets, nn.CrossEntropyLoss(reduction="none"))
@@ -29,142 +34,65 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from core.options import opt
-from optim.base import PerturbOptions, SharpnessOptimizer, member_norms, members
-from optim.class_weights import focal_sam_weights, imbsam_weights, sam_weights, sgd_weights
+from optim.base import PerturbOptions, SharpnessOptimizer, check_choice
+from optim.class_weights import ClassWeights, focal_sam_weights, imbsam_weights, sam_weights, sgd_weights
+from optim.members import members, sharp_members
+from optim.perturbations import build_rule
 
 
 class WeightedSAM(SharpnessOptimizer):
-    """The one update. `clean_weight` / `sharp_weight`: per-class vectors (C,) or scalars."""
+    """The one update: Focal-SAM's Algorithm 1 with per-class weights a (clean part) and c
+    (sharpness part) of any of the methods above. `clean_weight` / `sharp_weight`: vectors (C,) or
+    scalars."""
     stackable = True
 
-    def __init__(self, params, lr: float, clean_weight, sharp_weight, clean_backward: str = "separate", **kwargs):
-        if clean_backward not in ("separate", "batched"):
-            raise ValueError(f"clean_backward must be 'separate' or 'batched', got {clean_backward!r}")
+    def __init__(self, params, lr: float, clean_weight, sharp_weight, clean_backward: str = "separate",
+                 perturb: str = "sam", **kwargs):
+        check_choice("clean_backward", clean_backward, ("separate", "batched"))
         super().__init__(params, lr, **kwargs)
-        self.clean_backward = clean_backward
-        self.clean_weight = torch.as_tensor(clean_weight, dtype=torch.float64)
-        self.sharp_weight = torch.as_tensor(sharp_weight, dtype=torch.float64)
-        if self.clean_weight.shape != self.sharp_weight.shape or self.clean_weight.ndim > 1:
-            raise ValueError("clean_weight and sharp_weight must be scalars or vectors of one length")
-        self._targets_checked = False
-        # Present in every batch (True), in none (False), or depending on the batch (None, ImbSAM):
-        # a function of the fixed class weights, so decided once, not at every step.
-        self._always = (_always_or_never(self.clean_weight), _always_or_never(self.sharp_weight))
-        self._device_weights = {}
+        self.weights = ClassWeights(clean_weight, sharp_weight)
+        self.rule = build_rule(perturb)
+        self.batched = clean_backward == "batched"
 
-    def step(self, model, images, targets, criterion):
-        """Every pass and the base update for one batch; returns (mean clean loss, clean logits)
-        (stacked models: (N,) per-member mean losses)."""
-        self._check_once(model, targets)
-        self.zero_grad(set_to_none=True)
-        with self.no_sync(model):
-            logits, losses = self.forward(model, images, targets, criterion)         # l_i(w), (b,)
-            a, c = (self._per_sample(k, targets, losses.dtype) for k in (0, 1))
-            b, has_clean, has_sharp, skip = self._batch_plan(model, a, c)
-            batched = has_sharp and has_clean and self.clean_backward == "batched"
-            if batched:                    # grad L_a(w) into .grad and u from one backward
-                params, eps = self.ascent_and_clean(model, losses, torch.stack([a, c]) / b)
-            elif has_sharp:
-                params, eps = self.ascent(model, (c * losses).sum() / b, keep_graph=has_clean)
-            if has_sharp and eps is None:  # fp16: u overflowed, the scaler skipped this step
-                return losses.detach().mean(-1), logits.detach()
-            if has_clean and not batched:
-                self.backward((a * losses).sum() / b)                                 # grad L_a(w)
-            if has_sharp:
-                with self.moved(model, params, eps, skip):
-                    _, perturbed = self.forward(model, images, targets, criterion)    # l_i(w + eps)
-                    self.backward((c * perturbed).sum() / b)                          # + grad L_c(w + eps)
-        self.finish(model)
-        return losses.detach().mean(-1), logits.detach()
-
-    def ascent(self, model, sharp_loss: torch.Tensor, keep_graph: bool):
-        """(perturbed params, eps = rho u / (||u|| + 1e-12)) with u = grad L_c(w); eps is None
-        when the fp16 u overflowed."""
-        params, rhos = self.perturbed(model)
-        u = torch.autograd.grad(self.scaled(sharp_loss), params, retain_graph=keep_graph, allow_unused=True)
-        u = [torch.zeros_like(p) if g is None else g for p, g in zip(params, u)]
-        return params, self._radius_rho(model, params, rhos, u)
-
-    def _radius_rho(self, model, params, rhos, u):
-        """eps = rho u / (||u|| + 1e-12), u summed over the ranks first ("global") and unscaled
-        (fp16); None when it overflowed (the scaler then skipped the step)."""
-        if self.perturbation == "global":
-            self.sum_across_ranks(model, u)
-        if not self.unscaled_or_skip(params, u, model):
-            return None
-        n = members(model)
-        if n:   # one norm per member, broadcast over each (N, ...) tensor
-            scale = 1.0 / (member_norms(u) + 1e-12)
-            return [g.mul_(rho * scale.view(n, *[1] * (g.dim() - 1))) for g, rho in zip(u, rhos)]
-        norm = torch.nn.utils.get_total_norm(u)
-        return [g.mul_(rho / (norm + 1e-12)) for g, rho in zip(u, rhos)]
-
-    def ascent_and_clean(self, model, losses: torch.Tensor, weights: torch.Tensor):
-        """`ascent` plus the clean gradient, from one batched backward: weights (2, b) holds
-        a[y_i] / b and c[y_i] / b; row 0's gradient goes to .grad, row 1's is u."""
-        params, rhos = self.perturbed(model)
-        every = self.trainable()
-        both = torch.autograd.grad(losses, every, grad_outputs=self.scaled(weights), is_grads_batched=True,
-                                   allow_unused=True)
-        by_id = {id(p): g for p, g in zip(every, both)}
-        for p, g in zip(every, both):
-            p.grad = None if g is None else g[0]
-        u = [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
-        return params, self._radius_rho(model, params, rhos, u)
-
-    # ------------------------------------------------------------------ bookkeeping
     @property
     def capturable(self) -> bool:
-        """No host sync in `step` (engine/capture.py): both parts are present in every batch or
-        in none, so no batch needs a look (ImbSAM's does)."""
-        return None not in self._always
+        """No host sync in `step` (engine/capture.py)."""
+        return self.rule.capturable
 
-    def _per_sample(self, part: int, targets: torch.Tensor, dtype) -> torch.Tensor:
-        """Part 0 (clean) or 1 (sharpness) weight of each sample. The class weights are copied to
-        the batch's device once: a host-to-device copy per step would be a sync point, and cannot
-        be recorded in a CUDA graph."""
-        key = (part, targets.device, dtype)
-        w = self._device_weights.get(key)
-        if w is None:
-            w = self._device_weights[key] = (self.clean_weight, self.sharp_weight)[part].to(targets.device, dtype)
-        return w.expand(targets.shape) if w.ndim == 0 else w[targets]
+    def step(self, model, images, targets, criterion):
+        """Every pass and the base update for one batch (Alg. 1, lines 4-8); returns (mean clean
+        loss, clean logits), per member (N,) for stacked models."""
+        self.start_step(model, targets, self.weights.num_classes)
+        with self.no_sync(model):
+            logits, losses = self.forward(model, images, targets, criterion)          # l_i(w)      (line 4)
+            a, c = self.weights.per_sample(targets, losses.dtype)                      # a[y_i], c[y_i]
+            b, clean, sharp, skip = self.parts(model, a, c)                            # which of L_a, L_c the batch has
+            if sharp:
+                params, rhos = self.perturbed(model)
+                u = self.ascent_gradient(params, losses, a, c, b, clean) if self.rule.needs_gradient else None
+                eps = self.perturb(model, params, rhos, u, self.rule)  # rho u / ||u||, Eq. 7  (line 5)
+                if eps is None:                                      # fp16: u overflowed, the scaler skipped the step
+                    return losses.detach().mean(-1), logits.detach()
+            if clean and not (sharp and self.batched and u is not None):
+                self.backward((a * losses).sum() / b)                # g2 = grad L_a(w), L_a = L - lam L^gamma (line 7)
+            if sharp:
+                with self.moved(model, params, eps, skip):
+                    _, perturbed = self.forward(model, images, targets, criterion)    # l_i(w + eps)
+                    self.backward((c * perturbed).sum() / b)         # + lam g1 = grad L_c(w + eps), Eq. 8 (line 6)
+        self.finish(model)                                           # w -= lr (lam g1 + g2), momentum, wd (line 8)
+        return losses.detach().mean(-1), logits.detach()
 
-    def _batch_plan(self, model, a: torch.Tensor, c: torch.Tensor):
-        """(global batch size, clean part present?, sharpness part present?, members to skip in
-        the perturbed pass or None).
+    def ascent_gradient(self, params, losses, a, c, b, keep_graph: bool):
+        """u = grad L_c(w) (Eq. 7's direction). With clean_backward="batched" one backward gives
+        both gradients at w: u, and grad L_a(w) into .grad (backward is linear in the weights)."""
+        if self.batched and keep_graph:
+            return self.gradients_batched(losses, torch.stack([a, c]) / b, params)
+        return self.gradient((c * losses).sum() / b, params, keep_graph)
 
-        A part whose class weights are all non-zero (or all zero) is present (absent) in every
-        batch; only a part weighted on some classes (ImbSAM) needs a look at the batch, which
-        costs a host sync. Under DDP the counts are summed over the ranks, so all agree. With
-        stacked models a part is present if any member has it; the members without a sharpness
-        part ride along in the perturbed pass with eps = 0 and weight 0 (a zero gradient) and
-        `skip` keeps their BN statistics, so each member computes what it would alone.
-        """
-        known = self._always
-        b = float(a.shape[-1])
-        if self.ddp(model) is None and None not in known:
-            return b, known[0], known[1], None
-        if members(model):
-            sharp = (c != 0).any(-1)
-            has_sharp = bool(sharp.any()) if known[1] is None else known[1]
-            skip = ~sharp if known[1] is None and has_sharp and not bool(sharp.all()) else None
-            return b, True if known[0] is None else known[0], has_sharp, skip
-        stats = torch.stack([torch.full_like(a[:1].sum(), b), (a != 0).sum().to(a.dtype), (c != 0).sum().to(a.dtype)])
-        self.sum_across_ranks(model, [stats])
-        has = [k if k is not None else bool(n > 0) for k, n in zip(known, stats[1:])]
-        return stats[0], has[0], has[1], None
-
-    def _check_once(self, model, targets: torch.Tensor) -> None:
-        if not self._targets_checked:
-            self.check_members(model)
-            if self.clean_weight.ndim == 1:
-                self.check_targets(targets, len(self.clean_weight))
-        self._targets_checked = True
-
-
-def _always_or_never(w: torch.Tensor) -> Optional[bool]:
-    nonzero = w != 0
-    return True if bool(nonzero.all()) else (False if not bool(nonzero.any()) else None)
+    def parts(self, model, a: torch.Tensor, c: torch.Tensor):
+        """(global batch size b, clean part present?, sharpness part present?, members whose
+        perturbed pass is skipped): fixed by the class weights; ImbSAM looks at each batch."""
+        return self.global_batch_size(model, a), self.weights.clean, self.weights.sharp, None
 
 
 class SGD(WeightedSAM):
@@ -202,11 +130,26 @@ class ImbSAMOptions(TwoPartOptions):
 class ImbSAM(WeightedSAM):
     """ImbSAM (Zhou et al. ICCV 2023): SAM on the tail classes (n_k <= eta) only, SGD on the rest;
     `tail_weight` scales the tail loss (2 in ImbSAM's public code, 1 in its paper)."""
+    capturable = False      # `parts` reads the batch's classes back to the host
 
     def __init__(self, params, lr: float, class_counts: Sequence, rho: float = 0.05, eta: float = 100.0,
                  tail_weight: float = 1.0, **kwargs):
         a, c = imbsam_weights(class_counts, eta, tail_weight)
         super().__init__(params, lr, a, c, rho=rho, **kwargs)
+
+    def parts(self, model, a: torch.Tensor, c: torch.Tensor):
+        """A batch may hold no tail (or no head) sample: ImbSAM's code then skips that part's passes
+        (no tail: g = grad L_a(w) exactly, one forward). Under DDP the counts are summed over the
+        ranks, so all agree; stacked members without a tail sample ride along in the perturbed pass
+        with eps = 0 and weight 0, and `skip` keeps their BatchNorm statistics as they were."""
+        if members(model):
+            has = sharp_members(c)
+            sharp = bool(has.any())
+            return float(c.shape[-1]), True, sharp, (~has if sharp and not bool(has.all()) else None)
+        stats = torch.stack([torch.full_like(a[:1].sum(), float(a.shape[-1])), (a != 0).sum().to(a.dtype),
+                             (c != 0).sum().to(a.dtype)])
+        self.sum_across_ranks(model, [stats])
+        return stats[0], bool(stats[1] > 0), bool(stats[2] > 0), None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from models.resnet_cifar import CifarResNet
 from models.stacked import StackedModels
 from optim import SAM, SGD, FocalSAM, ImbSAM
-from optim.base import member_norms
+from optim.members import member_norms
 
 COUNTS = [40, 20, 10, 5]     # ImbSAM eta=10: classes 2, 3 are the tail
 TOL = 1e-9
@@ -323,3 +323,31 @@ def test_seeds_cli_and_its_errors(tiny_config, tmp_path):
     torch.save(state, tmp_path / "r-6" / "last.pt")
     assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "r-5"), str(tmp_path / "r-6")),
                           "stopped after different epochs", "one by one")
+
+
+def test_optimizer_state_of_each_member_round_trips():
+    """models/stacked.py: the stacked optimizer's state sliced per member loads into each member's
+    own optimizer, and the members' states stack back into the stacked one."""
+    from models.stacked import member_optimizer_state, stacked_optimizer_state
+    alone = make_models(2)
+    stacked = StackedModels(copy.deepcopy(alone))
+    data = batches(2, 2)
+    crit = nn.CrossEntropyLoss(reduction="none")
+    opts = [OPTIMIZERS["focal_sam"](m.parameters()) for m in alone]
+    sopt = OPTIMIZERS["focal_sam"](stacked.parameters())
+    for x, y in data:
+        for k, (m, opt) in enumerate(zip(alone, opts)):
+            opt.step(m, x[k], y[k], crit)
+        sopt.step(stacked, x, y, crit)
+    for k, opt in enumerate(opts):
+        mine, theirs = member_optimizer_state(sopt.state_dict(), k), opt.state_dict()
+        assert mine["base"]["param_groups"] == theirs["base"]["param_groups"]
+        for i, st in theirs["base"]["state"].items():
+            assert close(mine["base"]["state"][i]["momentum_buffer"], st["momentum_buffer"])
+    back = stacked_optimizer_state([o.state_dict() for o in opts])
+    for i, st in sopt.state_dict()["base"]["state"].items():
+        assert close(back["base"]["state"][i]["momentum_buffer"], st["momentum_buffer"])
+    broken = opts[1].state_dict()
+    broken["base"]["state"].pop(0)
+    with pytest.raises(ValueError, match="differs in structure"):
+        stacked_optimizer_state([opts[0].state_dict(), broken])
