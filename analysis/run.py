@@ -89,7 +89,7 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     # Imported here: the engine pulls in torchvision (seconds to import), which --help, argument
     # errors and a mistyped run folder need not wait for.
     from engine.build import build_run
-    from engine.checkpoint import load_checkpoint, mismatch_reason
+    from engine.checkpoint import load_checkpoint
     from engine.config import load_config
     from engine.metrics import group_masks
     from losses.drw import drw_weights

@@ -28,6 +28,15 @@ class ConfigError(UserError):
         Exception.__init__(self, f"config error: {path}: {message}" if path else f"config error: {message}")
 
 
+class OptionError(ValueError):
+    """A bad value of one option of a component: `key` is the constructor's keyword, which is
+    also the option's name in its config section (the config loader prefixes the section)."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key} {message}")
+
+
 def mismatch_reason(error: Exception) -> str:
     """The useful line of a load_state_dict error: which tensor and which shapes, or which keys.
 

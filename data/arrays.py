@@ -3,6 +3,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.errors import OptionError
+from core.options import require
+
 from data.options import DataSplits
 from data.transforms import CifarTest, CifarTrain, ClipTest, ClipTrain
 
@@ -45,6 +48,16 @@ class ArrayDataset(Dataset, SharedEpoch):
     @property
     def targets(self) -> np.ndarray:
         return self.labels
+
+
+def check_profile(n_max: int, num_classes: int, imb_factor: float, name: str) -> None:
+    """The long-tailed profile leaves every class a training image (OptionError on imb_factor)."""
+    require("imb_factor", imb_factor >= 1, "must be >= 1 (n_max / n_min of the long-tailed profile)", imb_factor)
+    counts = long_tailed_counts(n_max, num_classes, imb_factor)
+    empty = next((k for k, n in enumerate(counts) if n < 1), None)
+    if empty is not None:
+        raise OptionError("imb_factor", f"imbalance {imb_factor:g} leaves class {empty} of {name} with no training image "
+                                        f"(n_k = int({n_max} * IF^(-k/(C-1)))); use an imb_factor of at most {n_max}")
 
 
 def long_tailed_counts(n_max: int, num_classes: int, imb_factor: float) -> list:

@@ -21,7 +21,7 @@ import torchvision
 
 from core.errors import UserError, brief
 from core.options import opt
-from data.arrays import in_memory_splits, long_tailed_counts, long_tailed_indices
+from data.arrays import check_profile, in_memory_splits, long_tailed_counts, long_tailed_indices
 from data.options import DataSplits, InMemoryOptions
 
 SPECS = {
@@ -169,6 +169,12 @@ def cifar_lt(name: str, root: str, download: bool, imb_factor: float):
 class CifarOptions(InMemoryOptions):
     download: bool = opt(True, "fetch the CIFAR pickles into root when missing and the network allows")
     imb_factor: float = opt(100.0, "n_max / n_min of the long-tailed profile (10, 50, 100, 200)")
+
+    def check(self) -> None:
+        super().check()
+        spec = SPECS.get(self.name.removesuffix("_lt"))
+        if spec is not None:
+            check_profile(spec["n_max"], spec["num_classes"], self.imb_factor, self.name)
 
 
 def cifar_counts(name: str, o: CifarOptions) -> List[int]:

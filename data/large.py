@@ -12,7 +12,7 @@ from core.errors import UserError
 from core.options import opt
 from data.transforms import CLIP_MEAN, CLIP_STD
 from data.listfile import IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD, ListDataset, project_path, read_class_names
-from data.options import DataOptions, DataSplits
+from data.options import DataOptions, DataSplits, check_image_size, check_num_classes
 from data.split_lists import class_counts, read_list
 
 
@@ -25,6 +25,11 @@ class ListOptions(DataOptions):
     class_names: str = opt("", "classnames.txt / categories.json (reports only)")
     decode: Literal["pil", "torchvision", "device"] = opt("pil", "where images are decoded (data/listfile.py)")
     check_files: bool = opt(False, "check that every listed image exists before training")
+
+    def check(self) -> None:
+        super().check()
+        check_num_classes(self.num_classes)
+        check_image_size(self.image_size)
 
 
 @dataclass(frozen=True)

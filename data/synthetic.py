@@ -9,9 +9,11 @@ from typing import List
 
 import numpy as np
 
-from core.options import opt
-from data.arrays import in_memory_splits, long_tailed_counts
-from data.options import DataSplits, InMemoryOptions
+from core.options import opt, require
+from data.arrays import check_profile, in_memory_splits, long_tailed_counts
+from data.options import DataSplits, InMemoryOptions, check_image_size, check_num_classes
+
+MAX_SYNTHETIC = 100_000           # images per class that the synthetic set makes in memory
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,14 @@ class SyntheticOptions(InMemoryOptions):
     image_size: int = opt(16, "image side fed to the network, pixels (list datasets' paper configs: 224)")
     max_per_class: int = opt(100, "n_0, the head class's training count")
     test_per_class: int = opt(10, "test images per class")
+
+    def check(self) -> None:
+        super().check()
+        check_num_classes(self.num_classes)
+        check_image_size(self.image_size)
+        for key in ("max_per_class", "test_per_class"):   # the set is made in memory
+            require(key, 1 <= getattr(self, key) <= MAX_SYNTHETIC, f"must be 1..{MAX_SYNTHETIC:,}", getattr(self, key))
+        check_profile(self.max_per_class, self.num_classes, self.imb_factor, self.name)
 
 
 def synthetic_counts(o: SyntheticOptions) -> List[int]:

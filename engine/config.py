@@ -26,18 +26,18 @@ import data
 import losses
 import models
 import optim
-from core.errors import ConfigError
-from core.options import describe, opt
+from core.errors import ConfigError, OptionError
+from core.options import Checked, describe, opt
 from core.registry import lookup
 from data.options import DataOptions
 from losses.base import LossOptions
 from models.heads import ModelOptions
-from optim.base import OptimOptions, RhoOptions
-from engine.config_checks import check_values
+from optim.base import OptimOptions
+from engine.config_checks import check_relations, check_seed, check_train
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """The engine's own keys: the loop, precision, device, evaluation cadence."""
     epochs: int = opt(200, "training epochs")
     batch_size: int = opt(64, "GLOBAL batch: split evenly over the processes under torchrun")
@@ -53,6 +53,9 @@ class TrainConfig:
     capture: Literal["none", "step"] = opt("none", "step: replay the whole optimizer step from a CUDA graph (CUDA; SGD, SAM, Focal-SAM; not fp16)")
     progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
     dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
+
+    def check(self) -> None:
+        check_train(self)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class Config:
     loss: LossOptions = field(default_factory=_default("loss"))
     optim: OptimOptions = field(default_factory=_default("optim"))
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        check_seed(self.seed)
 
 
 # ----------------------------------------------------------------------------- reading YAML
@@ -303,7 +309,10 @@ def build_dataclass(cls, tree, path: str = "", others: Optional[dict] = None):
             continue
         tp = hints[key]
         kwargs[key] = build_dataclass(tp, value, where) if dataclasses.is_dataclass(tp) else coerce(value, tp, where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except OptionError as e:      # the component's own check of its values (core.options.Checked)
+        raise ConfigError(f"{path}.{e.key}" if path else e.key, e.message) from None
 
 
 def _unknown_key(where: str, key, known: list, others: dict) -> ConfigError:
@@ -345,46 +354,10 @@ def check_requirements(cfg: Config) -> None:
                                   f"got {found!r}; set {key_path}: {value}")
 
 
-def check_rho(o: RhoOptions, epochs: int) -> None:
-    """rho >= 0, and milestones at increasing epochs inside the run."""
-    last = 0
-    for i, (epoch, rho) in enumerate(o.rho_milestones):
-        if epoch <= last or epoch >= epochs:
-            raise ConfigError(f"optim.rho_milestones[{i}]", f"epoch {epoch} must be increasing, > 0 and "
-                              f"< epochs={epochs}")
-        if rho < 0:
-            raise ConfigError(f"optim.rho_milestones[{i}]", f"rho must be >= 0, got {rho}")
-        last = epoch
-    if o.rho < 0:
-        raise ConfigError("optim.rho", f"must be >= 0, got {o.rho}")
-
-
-def check_combinations(cfg: Config) -> None:
-    t = cfg.train
-    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
-    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
-        raise ConfigError("train.max_steps_per_epoch", f"must be >= 1 or null, got {t.max_steps_per_epoch}")
-    if not 0 <= t.warmup_epochs < t.epochs:
-        raise ConfigError("train.warmup_epochs", f"must be in [0, epochs={t.epochs}), got {t.warmup_epochs}")
-    if cfg.loss.drw_epoch is not None and not 0 <= cfg.loss.drw_epoch < t.epochs:
-        raise ConfigError("loss.drw_epoch", f"DRW would start at epoch {cfg.loss.drw_epoch}, "
-                          f"outside the run's epochs 0..{t.epochs - 1}")
-    if isinstance(cfg.optim, RhoOptions):
-        check_rho(cfg.optim, t.epochs)
-    if cfg.data.prefetch_factor < 1:
-        raise ConfigError("data.prefetch_factor", f"must be >= 1, got {cfg.data.prefetch_factor}")
-    if cfg.data.head_threshold < cfg.data.tail_threshold:
-        raise ConfigError("data.head_threshold", f"{cfg.data.head_threshold} is below "
-                          f"data.tail_threshold={cfg.data.tail_threshold}")
-
-
 def config_from_tree(tree: dict) -> Config:
-    cfg = build_dataclass(Config, tree)
+    cfg = build_dataclass(Config, tree)     # each section checks its own values as it is built
     check_requirements(cfg)
-    check_combinations(cfg)
-    check_values(cfg)
+    check_relations(cfg)
     return cfg
 
 

@@ -7,8 +7,7 @@ loss.)"""
 from typing import Sequence
 
 from losses.drw import drw_weights
-from optim.base import RhoOptions
-from optim.schedules import cosine_lr, piecewise_rho
+from optim.schedules import cosine_lr
 
 
 class EpochValues:
@@ -16,7 +15,7 @@ class EpochValues:
         t, o = cfg.train, cfg.optim
         self.lr = cosine_lr(o.lr, t.epochs, t.warmup_epochs)
         # Plain SGD has no radius: its rho is logged as none.
-        self.rho = piecewise_rho(o.rho, o.rho_milestones, t.epochs) if isinstance(o, RhoOptions) else [None] * t.epochs
+        self.rho = o.rho_per_epoch(t.epochs)        # None per epoch for plain SGD (no radius)
         self.class_counts, self.drw_epoch, self.drw_beta = list(class_counts), cfg.loss.drw_epoch, cfg.loss.drw_beta
 
     def apply(self, epoch: int, optimizer, criterion) -> dict:

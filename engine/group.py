@@ -80,15 +80,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# The backbones checked to train stacked (tests/test_stacked.py); CLIP's open_clip modules are not.
-STACKABLE_MODELS = ("resnet8", "resnet20", "resnet32", "resnet18", "resnet50")
-
-
 def why_not_stackable(cfg: Config) -> str:
     """'' if seeds of `cfg` can train together in one process, else the config key that forbids it."""
     if not optimizer_class(cfg.optim.name).stackable:
         return f"optim.name={cfg.optim.name}"
-    if cfg.model.name not in STACKABLE_MODELS:
+    if not cfg.model.stackable:        # the backbone's own answer (CLIP's open_clip modules: no)
         return f"model.name={cfg.model.name}"
     if cfg.model.channels_last:   # vmap cannot query a channels_last layout (torch 2.14: NYI)
         return "model.channels_last=true"

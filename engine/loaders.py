@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from core.errors import ConfigError, brief
 from data.arrays import ArrayDataset
 from data.device_loader import DeviceLoader
-from data.options import InMemoryOptions
 from engine.distributed import DistInfo
 from engine.guards import RunStopped
 
@@ -136,12 +135,8 @@ def _make(dataset, batch: int, sampler, info: DistInfo, data_cfg, drop_last: boo
 
 
 def loader_kind(data_cfg, device: torch.device) -> str:
-    """"device" or "workers": `data.loader` of an in-memory set, `auto` meaning device on CUDA
-    (on the CPU the worker processes overlap augmentation with the step; the device path cannot)."""
-    choice = data_cfg.loader if isinstance(data_cfg, InMemoryOptions) else "workers"
-    if choice == "auto":
-        return "device" if device.type == "cuda" else "workers"
-    return choice
+    """"device" or "workers", as the dataset's options answer for this device (data/options.py)."""
+    return data_cfg.loader_kind(device.type)
 
 
 def _on_device(dataset: ArrayDataset, batch: int, info: DistInfo, seed: int, shuffle: bool, drop_last: bool):

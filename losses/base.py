@@ -19,16 +19,20 @@ import torch
 import torch.nn as nn
 
 from core.collectives import all_reduce_sum_
-from core.options import opt
+from core.options import Checked, opt
+from losses.drw import check_drw
 
 
 @dataclass(frozen=True)
-class LossOptions:
+class LossOptions(Checked):
     """Keys of the `loss` section every loss has; a loss with keys of its own extends this class."""
     name: str = opt("ce", "the loss (registry name)")
     drw_epoch: Optional[int] = opt(None, "DRW: class-balanced weights from this epoch on (0-based); null: never")
     drw_beta: float = opt(0.9999, "DRW effective-number beta, in (0, 1)")
     drw_reduction: Literal["batch", "weights"] = opt("batch", "batch: sum / b (Focal-SAM code); weights: / sum of weights")
+
+    def check(self) -> None:
+        check_drw(self.drw_beta, self.drw_epoch)
 
 
 class PerSampleLoss(nn.Module):

@@ -51,9 +51,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.errors import ConfigError, UserError, mismatch_reason
+from core.errors import UserError, mismatch_reason
 from models.adapters import AdaptFormer, add_adaptformer, lift_adapter_dim
-from core.options import opt
+from core.options import opt, require
 from models.heads import Classifier, ModelOptions
 
 
@@ -71,7 +71,9 @@ class ClipTinyOptions(ModelOptions):
         "fp32", "CLIP weights: fp32, or fp16 = the official code's --prec fp16 (weights updated in fp16, no master "
                 "copy, no scaler; needs train.amp: none)")
 
-    def __post_init__(self):   # checked when the config is loaded, with the key named
+    stackable = False   # open_clip's modules are not checked under vmap (engine/group.py)
+
+    def check(self) -> None:
         check_options(self)
 
 
@@ -310,19 +312,15 @@ def placeholder_names(class_names: Sequence[str]) -> bool:
 
 
 def check_options(cfg) -> None:
-    """The CLIP options' values and combinations (ConfigError naming the key)."""
-    if cfg.classifier != "linear":
-        raise ConfigError("model.classifier", f"model '{cfg.name}' has its own text-initialised cosine head "
-                          "(scale model.cosine_scale); remove model.classifier")
-    if cfg.adapter_dim and cfg.finetune != "lift":
-        raise ConfigError("model.adapter_dim", f"sizes the LIFT adapters; it is unused with model.finetune: {cfg.finetune}")
-    if cfg.adapter_dim < 0:
-        raise ConfigError("model.adapter_dim", f"must be >= 0 (0: LIFT's rule), got {cfg.adapter_dim}")
-    bad = [t for t in cfg.prompts if t.count("{}") != 1]
-    if bad or not cfg.prompts:
-        raise ConfigError("model.prompts", f"each template needs one '{{}}' for the class name, got {list(cfg.prompts)!r}")
-    if cfg.cosine_scale <= 0:
-        raise ConfigError("model.cosine_scale", f"must be > 0, got {cfg.cosine_scale}")
+    """The CLIP options' values and combinations (OptionError naming the key)."""
+    require("classifier", cfg.classifier == "linear", f"model '{cfg.name}' has its own text-initialised cosine "
+            "head (scale model.cosine_scale); remove model.classifier", cfg.classifier)
+    require("adapter_dim", not cfg.adapter_dim or cfg.finetune == "lift",
+            f"sizes the LIFT adapters; it is unused with model.finetune: {cfg.finetune}", cfg.adapter_dim)
+    require("adapter_dim", cfg.adapter_dim >= 0, "must be >= 0 (0: LIFT's rule)", cfg.adapter_dim)
+    require("prompts", bool(cfg.prompts) and all(t.count("{}") == 1 for t in cfg.prompts),
+            "each template needs one '{}' for the class name", list(cfg.prompts))
+    require("cosine_scale", cfg.cosine_scale > 0, "must be > 0", cfg.cosine_scale)
 
 
 def build_clip_classifier(cfg, num_classes: int, class_names: Optional[Sequence[str]], tiny: bool,

@@ -7,15 +7,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.options import opt
+from core.options import Checked, opt
 
 
 @dataclass(frozen=True)
-class ModelOptions:
+class ModelOptions(Checked):
     """Keys of the `model` section; a backbone with keys of its own extends this class."""
     name: str = opt("resnet32", "the backbone (registry name)")
     classifier: Literal["linear", "cosine"] = opt("linear", "head: linear, or cosine (LDAM's normalised head)")
     channels_last: bool = opt(False, "NHWC memory format (faster convolutions on recent GPUs)")
+
+    # What the engine asks every model (a backbone's options class answers for itself):
+    stackable = True     # several seeds can train as one StackedModels (vmap over the module)
+    precision = "fp32"   # the weights' own dtype (CLIP can keep them in fp16)
 
 
 class CosineClassifier(nn.Module):

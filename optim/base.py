@@ -23,7 +23,7 @@ the whole batch.
 """
 import contextlib
 from dataclasses import dataclass
-from typing import List, Literal, Sequence, Tuple
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,22 +31,61 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from core.collectives import all_reduce_sum_
-from core.options import opt
+from core.options import FLOAT32_MAX, Checked, opt, require
 from optim.members import keep_skipped, members, per_sample_losses
+from optim.schedules import piecewise_rho
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
 
 # ---------------------------------------------------------------------------------- options
+def check_base_step(lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
+    """The base SGD step's values (OptionError naming the keyword)."""
+    require("lr", lr > 0, "must be > 0", lr)
+    require("momentum", 0 <= momentum < 1, "must be in [0, 1)", momentum)
+    require("weight_decay", weight_decay >= 0, "must be >= 0", weight_decay)
+    require("nesterov", not nesterov or momentum > 0,
+            "Nesterov needs momentum > 0 (momentum is 0); set nesterov false or a momentum", nesterov)
+
+
+def check_radius(rho: float, milestones: Sequence = ()) -> None:
+    """rho >= 0; milestones [[epoch, rho], ...] at increasing epochs > 0, each rho finite and >= 0."""
+    require("rho", rho >= 0, "must be >= 0", rho)
+    last = 0
+    for i, (epoch, value) in enumerate(milestones):
+        require(f"rho_milestones[{i}]", abs(value) <= FLOAT32_MAX, "rho must be a finite number", value)
+        require(f"rho_milestones[{i}]", epoch > last, "epochs must be increasing and > 0", epoch)
+        require(f"rho_milestones[{i}]", value >= 0, "rho must be >= 0", value)
+        last = epoch
+
+
+# ---------------------------------------------------------------------------------- options
 @dataclass(frozen=True)
-class OptimOptions:
+class OptimOptions(Checked):
     """Keys of the `optim` section every optimizer has: the base SGD step (plain SGD reads only these)."""
     name: str = opt("sgd", "the optimizer (registry name)")
     lr: float = opt(0.1, "base learning rate (cosine-annealed per epoch to 0)")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(5e-4, "L2 weight decay of the base step")
     nesterov: bool = opt(False, "Nesterov momentum (needs momentum > 0)")
+
+    def check(self) -> None:
+        check_base_step(self.lr, self.momentum, self.weight_decay, self.nesterov)
+
+    # What the engine asks every optimizer (answered here for those without a radius).
+    rho_milestones = ()
+
+    def rho_per_epoch(self, epochs: int) -> List[Optional[float]]:
+        """The radius of each epoch; None: no perturbation (logged as none)."""
+        return [None] * epochs
+
+    def check_epochs(self, epochs: int) -> None:
+        """Epoch-indexed options against the run's length (OptionError)."""
+
+    def why_not_compiled(self) -> str:
+        """'' when the step can run through a torch.compile'd model, else the option that forbids it."""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,17 @@ class RhoOptions(OptimOptions):
     rho_milestones: Tuple[Tuple[int, float], ...] = opt((), "[[epoch, rho], ...]: rho from that 0-based epoch on")
     bn_mode: Literal["update", "freeze"] = opt("update", "BN running stats in the perturbed pass: update (official) or freeze")
     perturbation: Literal["global", "local"] = opt("global", "DDP: perturb along the global or each replica's gradient")
+
+    def check(self) -> None:
+        super().check()
+        check_radius(self.rho, self.rho_milestones)
+
+    def rho_per_epoch(self, epochs: int) -> List[Optional[float]]:
+        return piecewise_rho(self.rho, self.rho_milestones, epochs)
+
+    def check_epochs(self, epochs: int) -> None:
+        for i, (epoch, _) in enumerate(self.rho_milestones):
+            require(f"rho_milestones[{i}]", epoch < epochs, f"epoch {epoch} must be < epochs={epochs}", epoch)
 
 
 @dataclass(frozen=True)
@@ -100,8 +150,8 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         check_choice("bn_mode", bn_mode, ("update", "freeze"))
         check_choice("perturbation", perturbation, ("global", "local"))
         check_choice("amp", amp, tuple(AMP_DTYPES))
-        if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
+        check_base_step(lr, momentum, weight_decay, nesterov)
+        check_radius(rho)
         super().__init__(params, dict(rho=rho))
         self.base_optimizer = torch.optim.SGD(self.param_groups, lr=lr, momentum=momentum,
                                               weight_decay=weight_decay, nesterov=nesterov)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from core.collectives import gather_variable
-from core.options import opt
+from core.options import opt, require
 from optim.base import RhoOptions, SharpnessOptimizer, full_precision
 
 
@@ -59,6 +59,14 @@ class CCSAMOptions(RhoOptions):
     ratio: float = opt(0.3, "CC-SAM: weight r of the perturbed loss, in [0, 1] (official 0.3)")
     radius: Literal["official", "plain"] = opt("official", "CC-SAM: per-class radius rule (optim/ccsam.py)")
     scope: Literal["classifier", "all"] = opt("classifier", "CC-SAM: parameters perturbed per class")
+
+    def check(self) -> None:
+        super().check()
+        check_ratio(self.ratio)
+
+
+def check_ratio(ratio: float) -> None:
+    require("ratio", 0.0 <= ratio <= 1.0, "must be in [0, 1] (CC-SAM: weight of the perturbed loss)", ratio)
 
 
 def radius_scales(grad_norms: torch.Tensor, param_norm: torch.Tensor, num_params: int, counts: torch.Tensor,
@@ -97,8 +105,7 @@ class CCSAM(SharpnessOptimizer):
     def __init__(self, params, lr: float, class_counts, rho: float = 0.05, ratio: float = 0.3,
                  radius: str = "official", scope: str = "classifier", **kwargs):
         super().__init__(params, lr, rho=rho, **kwargs)
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        check_ratio(ratio)
         if radius not in ("official", "plain"):
             raise ValueError(f"radius must be 'official' or 'plain', got {radius!r}")
         if scope not in ("classifier", "all"):

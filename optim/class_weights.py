@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from core.options import require
+
 Weights = Tuple[torch.Tensor, torch.Tensor]
 
 
@@ -33,14 +35,25 @@ def sam_weights(num_classes: int) -> Weights:
     return torch.zeros(num_classes, dtype=torch.float64), torch.ones(num_classes, dtype=torch.float64)
 
 
+def check_imbsam(eta: float, tail_weight: float) -> None:
+    require("eta", eta >= 0, "must be >= 0 (ImbSAM: tail = classes with n_k <= eta)", eta)
+    require("tail_weight", tail_weight > 0, "must be > 0 (ImbSAM: factor on the tail loss; 1 paper, 2 its code)",
+            tail_weight)
+
+
+def check_focal_sam(gamma: float, lam: float) -> None:
+    """A negative lam would flip the perturbation; lam > 1 is allowed (iNaturalist: 1.1)."""
+    require("gamma", gamma >= 0, "must be >= 0 (Focal-SAM: exponent of 1 - pi_k)", gamma)
+    require("lam", lam >= 0, "must be >= 0 (Focal-SAM: sharpness weight)", lam)
+
+
 def imbsam_weights(class_counts, eta: float, tail_weight: float = 1.0) -> Weights:
     """ImbSAM (Zhou et al. ICCV 2023): tail = classes with n_k <= eta, their loss times
     `tail_weight`. Its paper's update (Alg. 1 line 10, Eq. 17) has weight 1; its public code
     (cool-xuan/Imbalanced_SAM, utils/trainval.py `forbackward`) multiplies the tail loss by 2 in
     both tail passes. The factor leaves the perturbation unchanged (eps is a normalised
     gradient) and scales the tail's share of the update."""
-    if not tail_weight > 0:
-        raise ValueError(f"ImbSAM needs tail_weight > 0, got {tail_weight}")
+    check_imbsam(eta, tail_weight)
     n = _counts(class_counts)
     tail = (n <= eta).double()
     return 1.0 - tail, tail_weight * tail
@@ -48,8 +61,7 @@ def imbsam_weights(class_counts, eta: float, tail_weight: float = 1.0) -> Weight
 
 def focal_sam_weights(class_counts, gamma: float, lam: float) -> Weights:
     """Focal-SAM (Li et al. ICML 2025): c_k = lam (1 - pi_k)^gamma, a_k = 1 - c_k."""
-    if gamma < 0 or lam < 0:  # a negative lam would flip the perturbation; lam > 1 is allowed (iNaturalist: 1.1)
-        raise ValueError(f"Focal-SAM needs gamma >= 0 and lam >= 0, got gamma={gamma}, lam={lam}")
+    check_focal_sam(gamma, lam)
     n = _counts(class_counts)
     c = lam * (1.0 - n / n.sum()) ** gamma
     return 1.0 - c, c

@@ -35,7 +35,8 @@ import torch
 
 from core.options import opt
 from optim.base import PerturbOptions, SharpnessOptimizer, check_choice
-from optim.class_weights import ClassWeights, focal_sam_weights, imbsam_weights, sam_weights, sgd_weights
+from optim.class_weights import (ClassWeights, check_focal_sam, check_imbsam, focal_sam_weights, imbsam_weights,
+                                 sam_weights, sgd_weights)
 from optim.members import members, sharp_members
 from optim.perturbations import build_rule
 
@@ -119,12 +120,20 @@ class TwoPartOptions(PerturbOptions):
     clean_backward: Literal["separate", "batched"] = opt(
         "separate", "grad L_a(w) and u: two backward passes, or one batched backward (same numbers)")
 
+    def why_not_compiled(self) -> str:
+        # vmap over a compiled backward has no batching rule (torch 2.14: aten::mm.out)
+        return "optim.clean_backward=batched" if self.clean_backward == "batched" else ""
+
 
 @dataclass(frozen=True)
 class ImbSAMOptions(TwoPartOptions):
     eta: float = opt(100.0, "ImbSAM: tail = classes with n_k <= eta (see docs/reproduce.md for the per-IF rule)")
     tail_weight: float = opt(1.0, "ImbSAM: factor on the tail loss; 1 = its paper (Alg. 1), 2 = its public code "
                                   "(cool-xuan/Imbalanced_SAM utils/trainval.py)")
+
+    def check(self) -> None:
+        super().check()
+        check_imbsam(self.eta, self.tail_weight)
 
 
 class ImbSAM(WeightedSAM):
@@ -156,6 +165,10 @@ class ImbSAM(WeightedSAM):
 class FocalSAMOptions(TwoPartOptions):
     gamma: float = opt(2.0, "Focal-SAM: focusing exponent on (1 - pi_k), >= 0")
     lam: float = opt(1.0, "Focal-SAM: sharpness weight lambda, >= 0 (the official iNaturalist run uses 1.1)")
+
+    def check(self) -> None:
+        super().check()
+        check_focal_sam(self.gamma, self.lam)
 
 
 class FocalSAM(WeightedSAM):

@@ -285,6 +285,6 @@ def _yaml_scalar(v) -> str:
 def read_config_info(path: str) -> ConfigInfo:
     from engine.config import load_config
     cfg = load_config(os.path.join(ROOT, path))
-    milestones = cfg.optim.rho_milestones if hasattr(cfg.optim, "rho_milestones") else ()   # plain SGD has none
+    milestones = cfg.optim.rho_milestones       # () for plain SGD, which has no radius
     return ConfigInfo(cfg.optim.name, cfg.train.epochs, cfg.loss.drw_epoch,
                       tuple((int(e), float(r)) for e, r in milestones))

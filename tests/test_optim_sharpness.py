@@ -248,11 +248,11 @@ def test_bad_arguments_raise_value_errors():
         SAM(model.parameters(), lr=0.1, bn_mode="eval")
     with pytest.raises(ValueError, match="class_counts"):
         FocalSAM(model.parameters(), lr=0.1, class_counts=[])
-    with pytest.raises(ValueError, match="lam >= 0"):        # a negative lam would flip the perturbation
+    with pytest.raises(ValueError, match="lam must be >= 0"):        # a negative lam would flip the perturbation
         FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=-0.5)
-    with pytest.raises(ValueError, match="gamma >= 0"):
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
         FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], gamma=-1.0)
-    with pytest.raises(ValueError, match="tail_weight > 0"):
+    with pytest.raises(ValueError, match="tail_weight must be > 0"):
         ImbSAM(model.parameters(), lr=0.1, class_counts=[5, 3], eta=4, tail_weight=0.0)
     FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3], lam=1.1)   # > 1 is allowed (official iNaturalist)
     opt = FocalSAM(model.parameters(), lr=0.1, class_counts=[5, 3])
