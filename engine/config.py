@@ -53,6 +53,13 @@ class TrainConfig:
     capture: Literal["none", "step"] = opt("none", "step: replay the whole optimizer step from a CUDA graph (CUDA; SGD, SAM, Focal-SAM; not fp16)")
     progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
     dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
+    loggers: Tuple[Literal["tensorboard", "csv", "wandb"], ...] = opt(
+        ("tensorboard", "csv"), "where epochs and the final report go besides metrics.jsonl: tensorboard (tb/), "
+        "csv (summary.csv), wandb (Weights & Biases, `pip install wandb`; engine/tracking.py)")
+    wandb_project: str = opt("lt-sam", "W&B project (with wandb in train.loggers)")
+    wandb_entity: Optional[str] = opt(None, "W&B team or user; null: your default entity")
+    wandb_group: Optional[str] = opt(None, "W&B group; run_table.py sets the table cell, so that its seeds group")
+    wandb_name: Optional[str] = opt(None, "W&B run name; null: the run folder's name (group/folder with a group)")
 
 
 @dataclass(frozen=True)
@@ -375,6 +382,12 @@ def check_combinations(cfg: Config) -> None:
         check_rho(cfg.optim, t.epochs)
     if cfg.data.prefetch_factor < 1:
         raise ConfigError("data.prefetch_factor", f"must be >= 1, got {cfg.data.prefetch_factor}")
+    if len(set(t.loggers)) != len(t.loggers):
+        raise ConfigError("train.loggers", f"names a logger twice: {list(t.loggers)}")
+    unused = [k for k in ("wandb_entity", "wandb_group", "wandb_name") if getattr(t, k) is not None]
+    if "wandb" not in t.loggers and (unused or t.wandb_project != TrainConfig.wandb_project):
+        key = unused[0] if unused else "wandb_project"
+        raise ConfigError(f"train.{key}", "is read only with wandb in train.loggers; add wandb there or remove it")
     if cfg.data.head_threshold < cfg.data.tail_threshold:
         raise ConfigError("data.head_threshold", f"{cfg.data.head_threshold} is below "
                           f"data.tail_threshold={cfg.data.tail_threshold}")

@@ -66,6 +66,22 @@ def check_arguments(args, runs) -> None:
                 raise UserError(f"{os.path.relpath(path, spec.ROOT)}{given}: {e}; nothing was launched") from None
 
 
+def wandb_groups(runs) -> list:
+    """Runs that log to W&B (train.loggers) are grouped by table cell, i.e. a row's seeds, unless
+    their config or --set names a group (train.wandb_group)."""
+    from engine.config import load_config
+    grouped, out = {}, []
+    for r in runs:
+        if r.kind == "train" and (r.config, r.sets) not in grouped:
+            t = load_config(os.path.join(spec.ROOT, r.config), list(r.sets)).train
+            grouped[r.config, r.sets] = "wandb" in t.loggers and t.wandb_group is None
+        if r.kind == "train" and grouped[r.config, r.sets]:
+            cell = os.path.dirname(r.key) if os.path.basename(r.key) == f"seed{r.seed}" else r.key
+            r = dataclasses.replace(r, sets=r.sets + (f"train.wandb_group={cell}",))
+        out.append(r)
+    return out
+
+
 SLURM_OPTIONS = ("partition", "time", "gpus_per_node", "cpus_per_gpu", "mem_per_gpu", "sbatch", "wait", "retry_failed")
 
 
@@ -244,6 +260,7 @@ def main(argv=None):
                                     + tuple(args.set)) for r in runs]
         bench_args = ["--steps", "2", "--warmup", "1", "--batch", "8"] if args.smoke else []
         check_arguments(args, runs)
+        runs = wandb_groups(runs)
 
         if args.dry_run:
             states = {}
