@@ -16,7 +16,10 @@ submitit then calls `TableJob.checkpoint` and requeues the job, whose next attem
 run from its last.pt (`train.py --resume`: exact). An attempt that ran into its limit without
 checkpointing a single epoch is not requeued (it would loop forever): its runs get FAILED.
 """
+import contextlib
 import dataclasses
+import glob
+import io
 import json
 import math
 import os
@@ -97,19 +100,22 @@ class Resources:
 
 
 def parse_time(text: str) -> int:
-    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]) -> whole minutes, rounded up."""
-    days, _, rest = text.strip().rpartition("-") if "-" in text else ("", "", text.strip())
-    try:
-        parts = [int(p) for p in rest.split(":")]
-        d = int(days) if days else 0
-    except ValueError:
-        raise UserError(f"--time {text!r}: give minutes or SLURM's [D-]HH:MM:SS, e.g. 240 or 1-00:00:00") from None
-    if days:
-        seconds = d * 86400 + sum(v * u for v, u in zip(parts, (3600, 60, 1)))
-    else:
-        seconds = sum(v * u for v, u in zip(reversed(parts), (1, 60, 3600))) if len(parts) > 1 else parts[0] * 60
-    if not parts or len(parts) > 3 or any(v < 0 for v in parts) or d < 0 or seconds <= 0:
-        raise UserError(f"--time {text!r}: give a positive time, minutes or SLURM's [D-]HH:MM:SS")
+    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) -> whole
+    minutes, rounded up."""
+    days, sep, rest = text.strip().partition("-") if "-" in text else ("0", "", text.strip())
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        raise UserError(f"--time {text!r}: give minutes or SLURM's [D-]HH:MM:SS, e.g. 240 or 1-00:00:00")
+    values = [int(p) for p in parts]
+    if sep:                      # D-HH[:MM[:SS]]
+        h, m, s = (values + [0, 0])[:3]
+    elif len(values) == 3:       # HH:MM:SS
+        h, m, s = values
+    else:                        # MM or MM:SS
+        h, m, s = 0, values[0], values[1] if len(values) == 2 else 0
+    seconds = int(days) * 86400 + h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise UserError(f"--time {text!r}: give a positive time")
     return math.ceil(seconds / 60)
 
 
@@ -408,14 +414,20 @@ def submit(runs: Sequence[Run], out_root: str, opts: Options, datasets: Dict[str
     for job in runner.jobs(list(runs), out_root, stack_seeds):
         groups.setdefault(resources(job[0], datasets[job[0].key], opts), []).append(job)
     ids = []
+    folder = os.path.join(out_root, "slurm")
     for res, jobs in groups.items():
-        executor = submitit.SlurmExecutor(folder=os.path.join(out_root, "slurm", "%j"), max_num_timeout=10 ** 6)
+        executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"), max_num_timeout=10 ** 6)
         executor.update_parameters(**res.parameters(opts))
+        before = set(glob.glob(os.path.join(folder, "*.pkl")))
+        said = io.StringIO()
         try:
-            with executor.batch():
+            with contextlib.redirect_stderr(said), executor.batch():   # submitit prints sbatch's stderr
                 handles = [executor.submit(TableJob(job, out_root, res, bench_args)) for job in jobs]
         except Exception as e:  # sbatch refused: its own message says why (a bad option, an account)
-            raise UserError(f"sbatch refused the jobs: {_sbatch_error(e)}") from None
+            for path in set(glob.glob(os.path.join(folder, "*.pkl"))) - before:
+                os.remove(path)    # the pickles of jobs that were never submitted
+            raise UserError(f"sbatch refused the jobs: {_sbatch_error(said.getvalue() or str(e))}"
+                            + (f" ({len(ids)} jobs were submitted before: {', '.join(ids)})" if ids else "")) from None
         for job, handle in zip(jobs, handles):
             for run in job:
                 _write_record(os.path.join(out_root, run.key), handle)
@@ -423,9 +435,9 @@ def submit(runs: Sequence[Run], out_root: str, opts: Options, datasets: Dict[str
     return ids
 
 
-def _sbatch_error(e: Exception) -> str:
-    lines = [l.strip() for l in str(e).splitlines() if "error" in l.lower()]
-    return brief(lines[-1] if lines else e, 200)
+def _sbatch_error(text: str) -> str:
+    lines = [l.strip() for l in text.splitlines() if "error" in l.lower()]
+    return brief(lines[-1] if lines else text, 200)
 
 
 def _write_record(folder: str, handle) -> None:

@@ -173,3 +173,17 @@ def test_wandb_keys_without_wandb_are_refused(tiny_config):
         load_config(tiny_config(), ["train.wandb_group=g"])
     with pytest.raises(UserError, match="names a logger twice"):
         load_config(tiny_config(), ["train.loggers=[csv,csv]"])
+
+
+def test_seeds_trained_together_log_to_one_wandb_run_each(tiny_config, tmp_path, offline):
+    cfgs = [load_config(tiny_config(), [f"seed={s}", "train.epochs=1", "train.loggers=[wandb]"]) for s in (0, 1)]
+    finals = trainer.fit_members(cfgs, [str(tmp_path / f"s{s}") for s in (0, 1)])
+    import wandb
+    wandb.teardown()
+    ids = [json.loads((tmp_path / f"s{s}" / "wandb.json").read_text())["id"] for s in (0, 1)]
+    assert ids[0] != ids[1]
+    for s, (run_id, final) in enumerate(zip(ids, finals)):
+        (folder,) = glob.glob(str(tmp_path / f"s{s}" / "wandb" / f"offline-run-*-{run_id}"))
+        logged = read_offline_run(folder)
+        assert logged["config"]["seed"] == s and logged["run"].display_name == f"s{s}"
+        assert logged["summary"]["final/top1"] == final["top1"]
