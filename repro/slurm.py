@@ -11,7 +11,7 @@ train.log), plus slurm.json: the SLURM job that holds the run. A later call with
 arguments reads them and `squeue`: finished runs are skipped, queued and running ones reported,
 failed ones reported with their log (and submitted again with --retry-failed).
 
-Time limits: SLURM signals a job `signal_delay_s` seconds before its limit (and at preemption);
+Time limits: SLURM signals a job SIGNAL_DELAY_S seconds before its limit (and at preemption);
 submitit then calls `TableJob.checkpoint` and requeues the job, whose next attempt resumes each
 run from its last.pt (`train.py --resume`: exact). An attempt that ran into its limit without
 checkpointing a single epoch is not requeued (it would loop forever): its runs get FAILED.
@@ -54,7 +54,9 @@ class Defaults:
 # times x 200; CC-SAM on CIFAR-100-LT is the slowest), the 300-epoch rows 1.5x; ImageNet-LT
 # 16 h (Focal-SAM, 2 GPUs) to 90 h (CC-SAM), iNaturalist 59 h (4 GPUs): 24 h, the cap of many
 # clusters, and the job is requeued from its checkpoint until the run ends. CPUs: CIFAR loads
-# from GPU memory (data.loader auto), the large sets decode JPEGs (8 workers per GPU).
+# from GPU memory (data.loader auto); the large sets decode JPEGs in up to 8 loader workers per
+# process (data.num_workers -1) beside the training process. A dataset not listed here (a new
+# one) gets the large sets' resources.
 DEFAULTS = {
     "cifar10_lt": Defaults(4 * 60, 4, 16),
     "cifar100_lt": Defaults(4 * 60, 4, 16),

@@ -143,6 +143,20 @@ def run_facts(runs) -> dict:
     return facts
 
 
+def slurm_lines(args, runs) -> dict:
+    """--dry-run --launcher slurm: {run key: what its job asks SLURM for}."""
+    from repro import slurm
+    opts, facts = slurm_options(args), run_facts(runs)
+    lines = {}
+    for r in runs:
+        res = slurm.resources(r, facts[r.key][0], opts)
+        gpus = f"{res.procs_per_node} GPUs" if res.gpus else f"{res.procs_per_node} CPU processes"
+        lines[r.key] = (f"SLURM job: {res.nodes} node(s) x {gpus}, {res.cpus_per_task} CPUs, {res.mem_gb} GB, "
+                        f"{res.time_min} min" + (f", partition {res.partition}" if res.partition else "")
+                        + ("; every node runs scripts/launch_multi_node.sh with train.py's arguments" if r.procs > 1 else ""))
+    return lines
+
+
 def slurm_main(args, runs, chosen, out_root, bench_args, stack_seeds) -> int:
     """--launcher slurm: check, submit what is neither done nor in the queue, report."""
     from repro import slurm
@@ -265,6 +279,7 @@ def main(argv=None):
         if args.dry_run:
             states = {}
             jobs = runner.jobs(runs, out_root, args.stack_seeds and not timing)
+            sbatch = slurm_lines(args, runs) if args.launcher == "slurm" else {}
             for job in jobs:
                 for run in job:
                     folder = os.path.join(out_root, run.key)
@@ -274,6 +289,8 @@ def main(argv=None):
                 resume = len(job) == 1 and state == "resume"
                 cmd = runner.job_command(job, out_root, resume, python="python", bench_args=bench_args)
                 print(f"       {shlex.join(cmd)}")
+                if sbatch:
+                    print(f"       {sbatch[job[0].key]}")
             summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
             print("\n".join(t.title for t in chosen) + f"\n{len(runs)} runs ({summary}) under {out_root}"
                   + (f"; {len(cells)} table cells" if cells is not None else "")

@@ -208,6 +208,16 @@ def test_resources_per_dataset_and_over_nodes():
     assert (cpu.nodes, cpu.procs_per_node, cpu.gpus) == (1, 4, False) and "gpus_per_node" not in cpu.parameters(slurm.Options())
 
 
+def test_dry_run_shows_each_jobs_request(tmp_path, capsys):
+    code, out, err = call("run_table", ["--table", "3", "--seeds", "0", "--rows", "Focal", "--launcher", "slurm",
+                                        "--gpus-per-node", "2", "--dry-run", "--out-root", tmp_path], capsys)
+    lines = [l.strip() for l in out.splitlines() if l.strip().startswith("SLURM job:")]
+    assert code == 0 and len(lines) == 2, out + err
+    assert lines[0].startswith("SLURM job: 1 node(s) x 2 GPUs, 18 CPUs, 64 GB, 1440 min")     # ImageNet-LT
+    assert lines[1].startswith("SLURM job: 2 node(s) x 2 GPUs, 18 CPUs, 64 GB, 1440 min")     # iNaturalist
+    assert "launch_multi_node.sh" in lines[1]
+
+
 class FakeEnvironment:
     """What TableJob reads of submitit.JobEnvironment on a node."""
     job_id, hostname, hostnames, global_rank = "1234", "node-a", ["node-a", "node-b"], 0
