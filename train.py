@@ -7,7 +7,8 @@
     torchrun --nproc_per_node 2 train.py --config ...       # DistributedDataParallel
 
 The run folder (--out, default runs/<config>-seed<seed>) receives config.yaml, metrics.jsonl,
-summary.csv, TensorBoard events (tb/), last.pt and final.json. With --seeds S [S ...] the seeds
+summary.csv, TensorBoard events (tb/), last.pt and final.json (train.loggers chooses summary.csv, tb/
+and Weights & Biases). With --seeds S [S ...] the seeds
 train together as one stacked model (engine/group.py), each into its own folder (--out holds
 `{seed}`, default runs/<config>-seed{seed}), as if run alone; `--resume DIR [DIR ...]` continues them.
 """

@@ -26,8 +26,10 @@ from engine.report import TMP_SUFFIX
 LOCK = ".lock"
 _held_locks: set = set()   # file descriptors of the run-folder locks this process holds
 # What a run folder may hold before a new run starts in it: a run's own outputs (from an attempt
-# that stopped before its first checkpoint) and the files scripts/run_table.py keeps beside them.
-RUN_FILES = {*OUTPUTS, RUN_MARKER, "eval.json", LOCK, "train.log", "command.json", "FAILED"}
+# that stopped before its first checkpoint) and the files scripts/run_table.py keeps beside them
+# (slurm.json: the SLURM job of the run, written when it is submitted), and W&B's (engine/tracking.py).
+RUN_FILES = {*OUTPUTS, RUN_MARKER, "eval.json", LOCK, "train.log", "command.json", "FAILED", "slurm.json",
+             "wandb.json", "wandb"}
 NOT_A_REPORT = RUN_FILES - {"eval.json"}
 
 

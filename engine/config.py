@@ -53,6 +53,13 @@ class TrainConfig(Checked):
     capture: Literal["none", "step"] = opt("none", "step: replay the whole optimizer step from a CUDA graph (CUDA; SGD, SAM, Focal-SAM; not fp16)")
     progress: Literal["auto", "on", "off"] = opt("auto", "progress bars; auto: only on a TTY outside CI")
     dist_timeout_minutes: float = opt(30.0, "torchrun: minutes a rank waits for a peer that stopped responding, then stops with the resume command")
+    loggers: Tuple[Literal["tensorboard", "csv", "wandb"], ...] = opt(
+        ("tensorboard", "csv"), "where epochs and the final report go besides metrics.jsonl: tensorboard (tb/), "
+        "csv (summary.csv), wandb (Weights & Biases, `pip install wandb`; engine/tracking.py)")
+    wandb_project: str = opt("lt-sam", "W&B project (with wandb in train.loggers)")
+    wandb_entity: Optional[str] = opt(None, "W&B team or user; null: your default entity")
+    wandb_group: Optional[str] = opt(None, "W&B group; run_table.py sets the table cell, so that its seeds group")
+    wandb_name: Optional[str] = opt(None, "W&B run name; null: the run folder's name (group/folder with a group)")
 
     def check(self) -> None:
         check_train(self)

@@ -27,6 +27,11 @@ def check_train(t) -> None:
     require("warmup_epochs", 0 <= t.warmup_epochs < t.epochs, f"must be in [0, epochs={t.epochs})", t.warmup_epochs)
     require("device", bool(DEVICE.match(t.device)), "must be auto, cpu, cuda, cuda:N or mps", t.device)
     require("dist_timeout_minutes", t.dist_timeout_minutes > 0, "must be > 0 (minutes)", t.dist_timeout_minutes)
+    require("loggers", len(set(t.loggers)) == len(t.loggers), "names a logger twice", list(t.loggers))
+    unused = [k for k in ("wandb_entity", "wandb_group", "wandb_name") if getattr(t, k) is not None]
+    if "wandb" not in t.loggers and (unused or t.wandb_project != type(t).wandb_project):
+        raise OptionError(unused[0] if unused else "wandb_project",
+                          "is read only with wandb in train.loggers; add wandb there or remove it")
 
 
 def check_seed(seed: int) -> None:

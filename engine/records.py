@@ -10,6 +10,7 @@ from engine.config import Config, config_to_dict
 from engine.guards import check_finite_report, stop_note
 from engine.metrics import best_on_test
 from engine.report import RunWriter, git_revision, write_json, write_text, write_yaml
+from engine.tracking import WandbRun
 
 REPORT_KEYS = ("top1", "head", "medium", "tail", "ece")
 # Written first into every folder a run is created in (and into an older run's folder when it is
@@ -20,11 +21,14 @@ OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.csv", "tb", "last.pt", "fina
 
 
 class RunRecord:
-    def __init__(self, cfg: Config, out_dir: str, tag: str, is_main: bool):
+    def __init__(self, cfg: Config, out_dir: str, tag: str, is_main: bool, together: int = 1):
         self.cfg, self.out_dir, self.tag, self.is_main = cfg, out_dir, tag, is_main
         self.ckpt_path = os.path.join(out_dir, "last.pt")
         self.elapsed, self.writer = 0.0, None
         self.best, self.best_per_group = None, None    # best-on-test: engine.metrics.best_on_test
+        # W&B (train.loggers): checked now, started with the epochs; `together`: runs in this process
+        self.tracker = WandbRun(cfg, out_dir, together) if is_main and "wandb" in cfg.train.loggers else None
+        self.finished = False
 
     # ------------------------------------------------------------------ start
     def create(self) -> None:
@@ -51,11 +55,15 @@ class RunRecord:
     def open(self, start_epoch: int) -> None:
         if self.is_main:
             self._mark()   # a run resumed from before the marker existed: its checkpoint has just loaded
-        self.writer = RunWriter(self.out_dir, start_epoch, self.is_main)
+        self.writer = RunWriter(self.out_dir, start_epoch, self.is_main, self.cfg.train.loggers)
+        if self.tracker is not None:
+            self.tracker.start(config_to_dict(self.cfg))
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close(failed=not self.finished)
 
     # ------------------------------------------------------------------ epochs
     def note(self, epoch: int, epoch_values) -> str:
@@ -73,6 +81,8 @@ class RunRecord:
         row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats,
                **{k: (report or {}).get(k) for k in REPORT_KEYS}, "epoch_seconds": seconds}
         self.writer.log_epoch(row)
+        if self.tracker is not None:
+            self.tracker.log_epoch(row)
         if self.is_main:
             _print_epoch(row, self.cfg.train.epochs, self.tag)
             model_state, optimizer_state = checkpoint()
@@ -98,6 +108,9 @@ class RunRecord:
         if self.is_main:
             path = os.path.join(self.out_dir, "final.json")
             write_json(path, final)
+            if self.tracker is not None:
+                self.tracker.log_final(final)
+            self.finished = True
             print(f"{self.tag}final: top1 {final['top1']:.2f}  head {percent(final['head'])}  "
                   f"medium {percent(final['medium'])}  tail {percent(final['tail'])}  ece {final['ece']:.2f}  -> {path}",
                   flush=True)

@@ -160,8 +160,10 @@ class RunWriter:
     """Per-epoch logs. On resume from epoch E, lines for epochs >= E (written after the last
     checkpoint) are dropped so that the files read as one uninterrupted run."""
 
-    def __init__(self, out_dir: str, start_epoch: int, enabled: bool):
+    def __init__(self, out_dir: str, start_epoch: int, enabled: bool, loggers=("tensorboard", "csv")):
+        """`loggers`: the config's train.loggers; tensorboard and csv are written here."""
         self.out_dir, self.enabled = out_dir, enabled
+        self.csv, self.tb = "csv" in loggers, None
         self.history: List[dict] = []
         if not enabled:
             return
@@ -169,10 +171,13 @@ class RunWriter:
         self.history = [r for r in read_metrics(self.metrics_path) if r["epoch"] < start_epoch]
         write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         self._rewrite_csv()
-        from torch.utils.tensorboard import SummaryWriter  # slow import: only on the main process
-        self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=start_epoch)
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only on the main process
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=start_epoch)
 
     def _rewrite_csv(self) -> None:
+        if not self.csv:
+            return
         text = io.StringIO(newline="")
         w = csv.DictWriter(text, CSV_KEYS, extrasaction="ignore")
         w.writeheader()
@@ -191,6 +196,8 @@ class RunWriter:
         except OSError as e:
             raise write_failed(self.metrics_path, e) from None
         self._rewrite_csv()
+        if self.tb is None:
+            return
         try:
             for key in CSV_KEYS[1:]:
                 if row.get(key) is not None:
@@ -200,7 +207,7 @@ class RunWriter:
             raise write_failed(os.path.join(self.out_dir, "tb"), e) from None
 
     def close(self) -> None:
-        if self.enabled:
+        if self.tb is not None:
             try:
                 self.tb.close()
             except OSError:

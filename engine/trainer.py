@@ -212,12 +212,14 @@ def fit_members(cfgs: Sequence[Config], out_dirs: Sequence[str], resume: bool = 
 
 
 def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[dict]:
+    n = len(cfgs)
+    # first: a tracker that cannot start (wandb missing, a foreign W&B run id) stops before any work
+    records = [RunRecord(c, d, "" if n == 1 else f"[seed {c.seed}] ", info.is_main, together=n)
+               for c, d in zip(cfgs, out_dirs)]
     group = build_group(cfgs, info.device, info.distributed)
     model, criterion, optimizer, counts = group.model, group.criterion, group.optimizer, group.class_counts
     if info.distributed:  # DRW "weights" reduction: normalise over the global batch
         criterion.process_group = torch.distributed.group.WORLD
-    n = len(cfgs)
-    records = [RunRecord(c, d, "" if n == 1 else f"[seed {c.seed}] ", info.is_main) for c, d in zip(cfgs, out_dirs)]
     start_epoch = 0
     if resume:
         states = [r.load() for r in records]
@@ -260,13 +262,13 @@ def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[di
                             lambda k=k: group.member_state(k), counts)
         if reports[0] is None:  # resumed a finished run: evaluate the final weights again
             reports = evaluate_all()
+        together = [c.seed for c in cfgs] if n > 1 else None
+        return [r.finish(report, counts, run.splits.class_names, info,
+                         notes[k] if cfg.train.epochs > start_epoch else "the checkpoint is not usable", together)
+                for k, (r, report, run) in enumerate(zip(records, reports, group.runs))]
     finally:
         for r in records:
             r.close()
-    together = [c.seed for c in cfgs] if n > 1 else None
-    return [r.finish(report, counts, run.splits.class_names, info,
-                     notes[k] if cfg.train.epochs > start_epoch else "the checkpoint is not usable", together)
-            for k, (r, report, run) in enumerate(zip(records, reports, group.runs))]
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:

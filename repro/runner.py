@@ -90,10 +90,12 @@ def _stackable(run: Run) -> bool:
 def job_command(job: List[Run], out_root: str, resume: bool = False, python: str = sys.executable,
                 bench_args: Sequence[str] = ()) -> List[str]:
     """The command of a job: `command` for one run; for seeds trained together, train.py --seeds
-    with the folder pattern of their keys."""
+    with the folder pattern of their keys, or (`resume`) train.py --resume with their folders."""
     first = job[0]
     if len(job) == 1:
         return command(first, os.path.join(out_root, first.key), resume, python, bench_args)
+    if resume:
+        return [python, os.path.join(ROOT, "train.py"), "--resume", *[os.path.join(out_root, r.key) for r in job]]
     pattern = os.path.join(out_root, first.key[:-len(f"seed{first.seed}")] + "seed{seed}")
     return [python, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, first.config),
             "--out", pattern, "--seeds", *[str(r.seed) for r in job]] + [a for s in first.sets for a in ("--set", s)]
@@ -147,11 +149,19 @@ def _last_line(path: str) -> str:
 
 
 def _launch(job: List[Run], out_root: str, cmd: List[str], devices: List[str]) -> subprocess.Popen:
-    """Start a job; its output goes to its first run's log, the other runs' logs point there."""
+    """Start a job on local devices."""
+    visible = "" if devices == ["cpu"] else ",".join(devices)
+    return start_job(job, out_root, cmd, {"CUDA_VISIBLE_DEVICES": visible}, f"devices={','.join(devices)}",
+                     {"devices": devices})
+
+
+def start_job(job: List[Run], out_root: str, cmd: List[str], env: Dict[str, str], where: str,
+              record: dict) -> subprocess.Popen:
+    """Start a job's command with `env` added to ours; its output goes to its first run's log
+    (`where` is written in the log's header), the other runs' logs point there. Each run's
+    command.json holds the command and `record`."""
     folders = [os.path.join(out_root, r.key) for r in job]
-    env = dict(os.environ)
-    env["CUDA_VISIBLE_DEVICES"] = "" if devices == ["cpu"] else ",".join(devices)
-    stamp = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} devices={','.join(devices)}: {shlex.join(cmd)}\n"
+    stamp = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {where}: {shlex.join(cmd)}\n"
     for k, folder in enumerate(folders):
         os.makedirs(folder, exist_ok=True)
         try:
@@ -159,16 +169,31 @@ def _launch(job: List[Run], out_root: str, cmd: List[str], devices: List[str]) -
         except FileNotFoundError:
             pass
         with open(os.path.join(folder, COMMAND), "w") as f:
-            json.dump({"argv": cmd, "devices": devices}, f)
+            json.dump({"argv": cmd, **record}, f)
         if k:
             with open(os.path.join(folder, LOG), "a") as f:
                 f.write(stamp + f"(trained together with {job[0].key}: its output is in {folders[0]}/{LOG})\n")
     log = open(os.path.join(folders[0], LOG), "a")
     log.write(stamp)
     log.flush()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **env})
     proc.log_file = log
     return proc
+
+
+def record_outcome(job: List[Run], out_root: str, returncode: int, result: Dict[str, List[str]], say,
+                   minutes: float) -> None:
+    """After a job's process ended: each run is done (final.json written, exit 0) or failed
+    (FAILED holds the exit status and the error line of its log)."""
+    line = None
+    for run in job:
+        folder = os.path.join(out_root, run.key)
+        if returncode == 0 and run_state(folder, run.done_file) == "done":
+            result["done"].append(run.key)
+            say(f"[done] {run.key} ({minutes:.1f} min)")
+        else:
+            line = line if line is not None else _last_line(os.path.join(out_root, job[0].key, LOG))
+            _fail(folder, f"exit {returncode}: {line}", result, run, say)
 
 
 def execute(runs: List[Run], out_root: str, slots: Slots, say=print, poll: float = 0.5,
@@ -212,16 +237,7 @@ def execute(runs: List[Run], out_root: str, slots: Slots, say=print, poll: float
                 running.remove(item)
                 proc.log_file.close()
                 slots.give(devices, job[0].procs)
-                minutes = (time.time() - started) / 60
-                line = None
-                for run in job:
-                    folder = os.path.join(out_root, run.key)
-                    if proc.returncode == 0 and run_state(folder, run.done_file) == "done":
-                        result["done"].append(run.key)
-                        say(f"[done] {run.key} ({minutes:.1f} min)")
-                    else:
-                        line = line if line is not None else _last_line(os.path.join(out_root, job[0].key, LOG))
-                        _fail(folder, f"exit {proc.returncode}: {line}", result, run, say)
+                record_outcome(job, out_root, proc.returncode, result, say, (time.time() - started) / 60)
     except KeyboardInterrupt:
         for proc, _, _, _ in running:
             proc.terminate()  # the trainer keeps its last checkpoint; the next sitting resumes it

@@ -14,19 +14,44 @@ ROWS=${ROWS:-}                        # only the rows whose name matches this re
 SMOKE=${SMOKE:-0}                      # 1: synthetic data, 2 tiny epochs per run (a CPU check of the pipeline)
 DRY_RUN=${DRY_RUN:-0}                  # 1: print every run's exact command and state, run nothing
 BEST_ON_TEST=${BEST_ON_TEST:-0}        # 1: the report also prints the paper's best-on-test selection, labelled
+# On a SLURM cluster (repro/slurm.py, docs/clusters.md): LAUNCHER=slurm makes each run (or each row's
+# seeds with STACK_SEEDS=1) a SLURM job; the same command later prints what finished and where the
+# rest stands. Empty: the defaults per dataset.
+LAUNCHER=${LAUNCHER:-local}           # local | slurm
+PARTITION=${PARTITION:-}              # SLURM partition (default: the cluster's default)
+TIME=${TIME:-}                        # time limit per job, minutes or [D-]HH:MM:SS; a job reaching it is requeued
+GPUS_PER_NODE=${GPUS_PER_NODE:-}      # GPUs per node; fewer than a run's processes spreads it over nodes; 0: CPU
+CPUS_PER_GPU=${CPUS_PER_GPU:-}        # CPUs per GPU
+MEM_PER_GPU=${MEM_PER_GPU:-}          # memory per GPU, GB
+SBATCH=${SBATCH:-}                    # other sbatch options, e.g. "account=lab qos=normal"
+WAIT=${WAIT:-0}                       # 1: wait for every job to end, then print the table
+RETRY_FAILED=${RETRY_FAILED:-0}       # 1: submit the runs whose job failed again
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 if [ "$SMOKE" = 1 ] && [ "$OUT_ROOT" = runs/tables ]; then
   OUT_ROOT=runs/tables-smoke   # synthetic runs never land beside real ones
 fi
 tables=()
 for t in $TABLE; do tables+=(--table "$t"); done
-args=("${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS" --gpus "$GPUS")
+args=("${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS")
 [ -n "${DATA_ROOT:-}" ] && args+=(--data-root "$DATA_ROOT")
-[ -n "${RUNS_PER_GPU:-}" ] && args+=(--runs-per-gpu "$RUNS_PER_GPU")
 [ -n "${PROCS_PER_RUN:-}" ] && args+=(--procs-per-run "$PROCS_PER_RUN")
 [ -n "${ROWS:-}" ] && args+=(--rows "$ROWS")
 [ "$SMOKE" = 1 ] && args+=(--smoke)
 [ "$STACK_SEEDS" = 1 ] && args+=(--stack-seeds)
+# GPUS and RUNS_PER_GPU place runs on this machine: run_table.py refuses them with LAUNCHER=slurm
+{ [ "$LAUNCHER" = local ] || [ "$GPUS" != all ]; } && args+=(--gpus "$GPUS")
+[ -n "${RUNS_PER_GPU:-}" ] && args+=(--runs-per-gpu "$RUNS_PER_GPU")
+if [ "$LAUNCHER" != local ]; then
+  args+=(--launcher "$LAUNCHER")
+  [ -n "$PARTITION" ] && args+=(--partition "$PARTITION")
+  [ -n "$TIME" ] && args+=(--time "$TIME")
+  [ -n "$GPUS_PER_NODE" ] && args+=(--gpus-per-node "$GPUS_PER_NODE")
+  [ -n "$CPUS_PER_GPU" ] && args+=(--cpus-per-gpu "$CPUS_PER_GPU")
+  [ -n "$MEM_PER_GPU" ] && args+=(--mem-per-gpu "$MEM_PER_GPU")
+  for kv in $SBATCH; do args+=(--sbatch "$kv"); done
+  [ "$WAIT" = 1 ] && args+=(--wait)
+  [ "$RETRY_FAILED" = 1 ] && args+=(--retry-failed)
+fi
 if [ "$DRY_RUN" = 1 ]; then
   exec "$PYTHON" scripts/run_table.py "${args[@]}" --dry-run
 fi
