@@ -26,7 +26,7 @@ import time
 
 
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
-from core.args import ArgumentParser, at_least
+from core.args import ArgumentParser, at_least, positive_seconds
 from core.errors import UserError
 from engine.cli import user_errors
 from repro import runner, spec
@@ -102,7 +102,7 @@ def slurm_arguments(ap) -> None:
                    help="any other sbatch option for every job, e.g. --sbatch account=myproj --sbatch qos=high")
     g.add_argument("--wait", action="store_true", help="block until every job has ended, then print the report")
     g.add_argument("--retry-failed", action="store_true", help="submit the runs whose job failed again")
-    g.add_argument("--poll", type=float, default=30.0, help=argparse.SUPPRESS)  # seconds between squeue calls with --wait
+    g.add_argument("--poll", type=positive_seconds, default=30.0, help=argparse.SUPPRESS)  # seconds between squeue calls with --wait
 
 
 def check_launcher_arguments(args) -> None:

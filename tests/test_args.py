@@ -38,9 +38,7 @@ def entry_points():
                     if not os.path.basename(p).startswith("_"))       # scripts/_root.py: a helper module
     for path in paths:
         name = os.path.relpath(path, ROOT)
-        marks = [pytest.mark.xfail(reason="scripts/run_table.py's parser is changed on the branch that owns "
-                                          "that file", strict=False)] if name == "scripts/run_table.py" else []
-        yield pytest.param(path, id=name, marks=marks)
+        yield pytest.param(path, id=name)
 
 
 def load(path):
