@@ -81,13 +81,13 @@ def likely_cause(cfg, epoch: int, schedule) -> str:
         causes.append(f"DRW class weights are on since epoch {drw_epoch} (loss.drw_epoch={drw_epoch}, "
                       f"loss.drw_beta={cfg.loss.drw_beta:g}; largest weight {float(weights.max()):.3g}): "
                       "a later loss.drw_epoch or a lower optim.lr may help")
-    rho = schedule.rho
-    if epoch > 0 and rho[epoch] is not None and rho[epoch - 1] is not None and rho[epoch] > rho[epoch - 1]:
-        causes.append(f"optim.rho rose to {rho[epoch]:g} at this epoch (optim.rho_milestones)")
+    rho, before = schedule.rho(epoch), schedule.rho(epoch - 1) if epoch > 0 else None
+    if rho is not None and before is not None and rho > before:
+        causes.append(f"optim.rho rose to {rho:g} at this epoch (optim.rho_milestones)")
     if cfg.train.amp == "fp16":
         causes.append("train.amp=fp16 overflows easily: try train.amp=bf16 or none")
     if not causes:
-        causes.append(f"lower optim.lr (now {cfg.optim.lr:g})" + (" or optim.rho" if rho[epoch] else ""))
+        causes.append(f"lower optim.lr (now {cfg.optim.lr:g})" + (" or optim.rho" if rho else ""))
     return "; ".join(causes)
 
 

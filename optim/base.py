@@ -76,9 +76,12 @@ class OptimOptions(Checked):
     # What the engine asks every optimizer (answered here for those without a radius).
     rho_milestones = ()
 
-    def rho_per_epoch(self, epochs: int) -> List[Optional[float]]:
-        """The radius of each epoch; None: no perturbation (logged as none)."""
-        return [None] * epochs
+    def group_values(self, lrs: Sequence[float]) -> List[dict]:
+        """The param-group values of each epoch beside its learning rate lrs[e] (the engine sets
+        them at the start of every epoch): {} for plain SGD; {"rho": ...} for the methods with a
+        radius. A method whose per-epoch state is a schedule (a radius tied to the lr, a stage
+        switch) adds its values here, and its step reads them from the param groups."""
+        return [{} for _ in lrs]
 
     def check_epochs(self, epochs: int) -> None:
         """Epoch-indexed options against the run's length (OptionError)."""
@@ -100,8 +103,8 @@ class RhoOptions(OptimOptions):
         super().check()
         check_radius(self.rho, self.rho_milestones)
 
-    def rho_per_epoch(self, epochs: int) -> List[Optional[float]]:
-        return piecewise_rho(self.rho, self.rho_milestones, epochs)
+    def group_values(self, lrs: Sequence[float]) -> List[dict]:
+        return [{"rho": rho} for rho in piecewise_rho(self.rho, self.rho_milestones, len(lrs))]
 
     def check_epochs(self, epochs: int) -> None:
         for i, (epoch, _) in enumerate(self.rho_milestones):
