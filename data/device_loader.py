@@ -80,7 +80,7 @@ def draw_augmentation(n: int, padding: int, seed: int, epoch: int) -> Tuple[torc
     """(top (n,), left (n,), flip (n,) bool) for every index of the set in this epoch: offsets
     uniform in 0..2*padding, flips with probability 1/2 (CifarTrain's distribution)."""
     g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence([AUGMENT_STREAM, seed, epoch]).generate_state(1, np.uint64)[0] >> 1))
+    g.manual_seed(int(np.random.SeedSequence([AUGMENT_STREAM, seed, epoch]).generate_state(1, np.uint64)[0]) >> 1)
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=g)
     flip = torch.rand(n, generator=g) < 0.5
     return offsets[0], offsets[1], flip
