@@ -35,7 +35,7 @@ def main(argv=None) -> None:
             from engine.ood import evaluate_ood, parse_ood_sets
             evaluate_ood(cfg, args.checkpoint, parse_ood_sets(args.ood), args.ood_classes, out)
             return
-        from engine.trainer import evaluate_checkpoint
+        from engine.evaluation import evaluate_checkpoint
         evaluate_checkpoint(cfg, args.checkpoint, out)
 
 

@@ -10,7 +10,7 @@ Rayleigh quotient divides by the stored vector's own squared norm: a float32 nor
 millions of entries is off by about 1e-5 (relative), and a vector normalised with it has a norm
 off by as much, which biased lambda_max and the Ritz values high (by ~1e-4 at ResNet-32 size).
 """
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Tuple
 
 import numpy as np
 import torch

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from core.errors import UserError, mismatch_reason
+from core.errors import UserError
 
 CLASS_WEIGHTS = ("trained", "none")
 
@@ -88,9 +88,8 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     """
     # Imported here: the engine pulls in torchvision (seconds to import), which --help, argument
     # errors and a mistyped run folder need not wait for.
-    from engine.build import build_run
-    from engine.checkpoint import load_checkpoint
     from engine.config import load_config
+    from engine.evaluation import load_trained
     from engine.metrics import group_masks
     from losses.drw import drw_weights
 
@@ -99,21 +98,11 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     folder, checkpoint, config_path = run_paths(path, config)
     cfg = load_config(config_path, list(overrides))
     dev = resolve_device(device)
-    state = load_checkpoint(checkpoint)
-    run = build_run(dataclasses.replace(cfg, data=_analysis_data(cfg.data)), dev,    # the engine's one assembly
-                    trained_state=state["model"])
+    trained = load_trained(dataclasses.replace(cfg, data=_analysis_data(cfg.data)), checkpoint, dev)
+    run = trained.run
     splits, counts, model, criterion = run.splits, run.class_counts, run.model, run.criterion
-    if state.get("class_counts") is not None and list(state["class_counts"]) != counts:
-        raise UserError(f"{checkpoint} was trained on other class counts than its config's data; "
-                        "check data.name / data.imb_factor (--set)")
     _no_augmentation(splits.train)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' with {len(counts)} classes "
-                        f"({mismatch_reason(e)})") from None
-    model.to(dev).eval()
-    epochs = state.get("epoch")
+    epochs = trained.epochs_trained
     if class_weights == "trained" and epochs:
         criterion.set_class_weight(drw_weights(epochs - 1, counts, cfg.loss.drw_epoch, cfg.loss.drw_beta))
     masks = group_masks(counts, cfg.data.head_threshold, cfg.data.tail_threshold)

@@ -74,3 +74,12 @@ def load_checkpoint(path: str, require: Sequence[str] = ("model",)) -> dict:
         raise UserError(f"{path}: '{wrong[0]}' holds a {type(state[wrong[0]]).__name__}; the file is not an "
                         "lt-sam training checkpoint")
     return state
+
+
+def check_class_counts(state: dict, class_counts, path: str) -> None:
+    """The checkpoint's training counts must be this config's: Head / Medium / Tail and the
+    class-dependent losses and optimizers are functions of them."""
+    if state.get("class_counts") != list(class_counts):
+        raise UserError(f"{path} was trained on other class counts than this config's data "
+                        f"({len(state.get('class_counts') or [])} classes there, {len(class_counts)} here, or other "
+                        "counts); check data.name / data.imb_factor / the split lists")

@@ -5,6 +5,7 @@ something to continue from: the resume command is offered only when `last.pt` ex
 checkpoint is called "good" only after its weights and optimizer state were checked finite
 (a finite loss does not prove it: the last update of an epoch can still overflow).
 """
+import contextlib
 import math
 import os
 from typing import Iterable, Optional, Tuple
@@ -19,7 +20,23 @@ class RunStopped(UserError):
 
 
 class NonFiniteLoss(UserError):
-    """The loss, the weights or the metrics of a run became NaN or infinite."""
+    """The loss, the weights or the metrics of a run became NaN or infinite: the fact (where, what);
+    `member`: which of the seeds trained together, None for all of them (or one run)."""
+
+    def __init__(self, message: str = "", member: Optional[int] = None):
+        super().__init__(message)
+        self.member = member
+
+    @staticmethod
+    @contextlib.contextmanager
+    def of_member(k: int):
+        """Inside: a NonFiniteLoss without a member is member k's."""
+        try:
+            yield
+        except NonFiniteLoss as e:
+            if e.member is None:
+                e.member = k
+            raise
 
 
 def resume_hint(out_dirs) -> str:
@@ -55,20 +72,19 @@ def first_non_finite(state) -> Optional[str]:
     return named[int(bad[0])][0] if len(bad) else None
 
 
-def check_finite_state(model, optimizer, epoch: int, note: str) -> None:
+def check_finite_state(model, optimizer, epoch: int) -> None:
     """Refuse to go on (and to save) when the weights, BN statistics or momentum are not finite."""
     bad = first_non_finite({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     if bad is not None:
-        raise NonFiniteLoss(f"non-finite values in {bad} after epoch {epoch} (the loss was still finite); "
-                            f"not saved; {note}")
+        raise NonFiniteLoss(f"non-finite values in {bad} after epoch {epoch} (the loss was still finite); not saved")
 
 
-def check_finite_report(report: dict, note: str) -> None:
+def check_finite_report(report: dict) -> None:
     """A run never ends 'successfully' with NaN metrics."""
     for key in ("top1", "accuracy", "head", "medium", "tail", "ece"):
         value = report.get(key)
         if value is not None and not math.isfinite(value):
-            raise NonFiniteLoss(f"the evaluation gives {key} = {value}: the model's outputs are not finite; {note}")
+            raise NonFiniteLoss(f"the evaluation gives {key} = {value}: the model's outputs are not finite")
 
 
 def likely_cause(cfg, epoch: int, schedule) -> str:

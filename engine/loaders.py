@@ -50,7 +50,7 @@ def quiet_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, _leave_quietly)
     threading.excepthook = _quiet_lost_connection
     sys.excepthook = _quiet_lost_connection_sys
-    from engine.cli import close_inherited_locks   # the CLI layer: imported only in workers
+    from engine.locks import close_inherited_locks
     close_inherited_locks()
 
 

@@ -15,17 +15,16 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from core.errors import UserError, mismatch_reason
+from core.errors import UserError
 from data.large import PRESETS as LIST_PRESETS, list_transform
-from data.listfile import ListDataset, project_path, read_class_names
+from data.listfile import ListDataset, project_path
 from data.ood import corruption_errors, imagenet_c_subsets, read_wnids, scan_class_folders
 from engine import distributed as dist_utils
-from engine.checkpoint import load_checkpoint
+from engine.evaluation import load_trained, predict
 from engine.config import Config
 from engine.loaders import eval_loader
 from engine.metrics import summarize
 from engine.report import git_revision, write_json
-from models import build_model
 
 OOD_SETS = ("imagenet_sketch", "imagenet_v2", "imagenet_c")
 SUMMARY_KEYS = ("top1", "head", "medium", "tail", "accuracy", "num_test")
@@ -45,21 +44,11 @@ def parse_ood_sets(items: List[str]) -> Dict[str, str]:
 
 
 def _load_model(cfg: Config, checkpoint: str, info):
-    state = load_checkpoint(checkpoint)
-    counts = state.get("class_counts")
-    if not counts:
-        raise UserError(f"{checkpoint} records no class counts; it was not written by train.py")
-    names = read_class_names(cfg.data.class_names, len(counts))
-    model = build_model(cfg.model, len(counts), names, state["model"]).to(info.device)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' ({mismatch_reason(e)})") from None
-    return model.eval(), counts
+    trained = load_trained(cfg, checkpoint, info.device, load_data=False)   # no training image is read
+    return trained.model, trained.run.class_counts
 
 
 def _score(model, dataset, cfg: Config, counts, info) -> dict:
-    from engine.trainer import predict      # the trainer's own prediction loop (gathers ranks)
     loader = eval_loader(dataset, cfg.train.eval_batch_size, info, cfg.data)
     preds, confs, labels = predict(model, loader, info, cfg.train.amp)
     report = summarize(preds, confs, labels, counts, cfg.data.head_threshold, cfg.data.tail_threshold)

@@ -9,13 +9,13 @@ from engine.checkpoint import TRAINING_KEYS, load_checkpoint, save_checkpoint
 from engine.config import Config, config_to_dict
 from engine.guards import check_finite_report, stop_note
 from engine.metrics import best_on_test
-from engine.report import RunWriter, git_revision, write_json, write_text, write_yaml
+from engine.report import RunWriter, git_revision, percent, report_line, write_json, write_text, write_yaml
 from engine.tracking import WandbRun
 
 REPORT_KEYS = ("top1", "head", "medium", "tail", "ece")
 # Written first into every folder a run is created in (and into an older run's folder when it is
 # resumed): train.py starts a new run only in a folder that is empty or holds this file, so it
-# never overwrites a config.yaml or summary.csv of the user's (engine/cli.py check_run_folder).
+# never overwrites a config.yaml or summary.csv of the user's (engine/locks.py check_run_folder).
 RUN_MARKER = ".lt-sam-run"
 OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.csv", "tb", "last.pt", "final.json")   # what a run writes
 
@@ -71,11 +71,11 @@ class RunRecord:
         return self.tag + stop_note(self.ckpt_path, epoch, self.cfg, epoch_values)
 
     def end_epoch(self, epoch: int, values: dict, stats: dict, report: Optional[dict], seconds: float,
-                  note: str, checkpoint: Callable[[], Tuple[dict, dict]], class_counts) -> None:
+                  checkpoint: Callable[[], Tuple[dict, dict]], class_counts) -> None:
         """Log the epoch, keep the best-on-test figures, save the checkpoint (`checkpoint()` gives
         the model and optimizer state_dicts)."""
         if report is not None:
-            check_finite_report(report, note)   # NaN outputs from finite weights (e.g. BN statistics)
+            check_finite_report(report)   # NaN outputs from finite weights (e.g. BN statistics)
             self.best, self.best_per_group = best_on_test(self.best, self.best_per_group, report, epoch)
         self.elapsed += seconds
         row = {"epoch": epoch, "lr": values["lr"], "rho": values["rho"], "drw": values["drw"], **stats,
@@ -92,7 +92,7 @@ class RunRecord:
                                              "best_per_group": self.best_per_group})
 
     # ------------------------------------------------------------------ end
-    def finish(self, report: dict, class_counts, class_names, info, note: str, together=None) -> dict:
+    def finish(self, report: dict, class_counts, class_names, info, together=None) -> dict:
         """final.json: the last evaluation, the run's facts; `together`: the seeds it trained with."""
         cfg = self.cfg
         final = {**report, "class_counts": list(class_counts), "class_names": class_names,
@@ -104,16 +104,14 @@ class RunRecord:
                          "optim": cfg.optim.name, "seed": cfg.seed}}
         if together:   # its seconds are the group's: say so beside them
             final["trained_with_seeds"] = list(together)
-        check_finite_report(final, note)
+        check_finite_report(final)
         if self.is_main:
             path = os.path.join(self.out_dir, "final.json")
             write_json(path, final)
             if self.tracker is not None:
                 self.tracker.log_final(final)
             self.finished = True
-            print(f"{self.tag}final: top1 {final['top1']:.2f}  head {percent(final['head'])}  "
-                  f"medium {percent(final['medium'])}  tail {percent(final['tail'])}  ece {final['ece']:.2f}  -> {path}",
-                  flush=True)
+            print(f"{self.tag}final: {report_line(final)}  -> {path}", flush=True)
         return final
 
 
@@ -124,10 +122,6 @@ def same_epoch(states, records) -> int:
         raise UserError(f"{', '.join(r.out_dir for r in records)} stopped after different epochs "
                         f"({', '.join(map(str, epochs))}); resume them one by one")
     return epochs[0]
-
-
-def percent(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _print_epoch(row: dict, epochs: int, tag: str = "") -> None:

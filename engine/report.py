@@ -134,6 +134,16 @@ def write_yaml(path: str, tree: dict) -> None:
     write_text(path, yaml.safe_dump(tree, sort_keys=False))
 
 
+def percent(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def report_line(report: dict) -> str:
+    """The one line that states a report: top1, head, medium, tail, ece (percent; n/a for an empty group)."""
+    return (f"top1 {report['top1']:.2f}  head {percent(report['head'])}  medium {percent(report['medium'])}  "
+            f"tail {percent(report['tail'])}  ece {report['ece']:.2f}")
+
+
 def read_metrics(path: str) -> List[dict]:
     """The epoch rows of metrics.jsonl. A torn last line (the process died while appending it)
     is dropped: its epoch has no checkpoint, so the resumed run writes it again."""

@@ -1,6 +1,10 @@
-"""The one trainer: `fit` builds everything from the config and runs epochs; `train_one_epoch`
-and `evaluate` do the work. Nothing here branches on the method: every optimizer runs its own
-passes inside `optimizer.step(model, images, targets, criterion)`."""
+"""The one trainer: `fit` builds everything from the config and runs epochs; `start_epoch_setup` and
+`train_one_epoch` do the work (engine/evaluation.py evaluates). Nothing here branches on the
+method: every optimizer runs its own passes inside `optimizer.step(model, images, targets, criterion)`.
+
+A failure is raised where it happens, as a fact (NonFiniteLoss: which epoch, which steps, which
+tensor); `_fit` explains it once, where it is caught, with the run's last good checkpoint and the
+likely cause in its config."""
 import math
 import os
 import sys
@@ -10,22 +14,18 @@ from typing import List, Sequence
 import torch
 import torch.distributed
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from core.errors import ConfigError, UserError, mismatch_reason
 from engine import distributed as dist_utils
-from engine.build import build_run
 from engine.capture import CapturedStep, why_not_capturable
 from engine.group import build_group, train_batches
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import check_class_counts
+from engine.evaluation import evaluate_members
 from engine.config import Config
-from engine.guards import NonFiniteLoss, check_finite_report, check_finite_state
-from engine.records import RunRecord, percent, same_epoch
+from engine.guards import NonFiniteLoss, check_finite_state
+from engine.records import RunRecord, same_epoch
 from engine.loaders import eval_loader
-from engine.metrics import summarize
-from engine.report import git_revision, write_json
-from optim.base import AMP_DTYPES
 from optim.members import members
 
 CHECK_EVERY = 20  # steps between host-side checks of the running loss (each one syncs the GPU)
@@ -39,9 +39,23 @@ def progress_enabled(setting: str, info) -> bool:
     return setting == "on" or (sys.stderr.isatty() and not os.environ.get("CI"))
 
 
-def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, info, checkpoint_note) -> List[dict]:
+def start_epoch_setup(epoch: int, epoch_values, optimizer, criterion, train_dl, datasets, stepper) -> dict:
+    """What every epoch starts with, for the trainer and the benchmark alike: the epoch's lr, rho
+    and DRW weights set, the captured step forgotten (it baked in the last epoch's values), the
+    sampler and the datasets' augmentation moved to this epoch. Returns the epoch's values."""
+    values = epoch_values.apply(epoch, optimizer, criterion)
+    if isinstance(stepper, CapturedStep):
+        stepper.reset()
+    train_dl.sampler.set_epoch(epoch)
+    for dataset in datasets:
+        dataset.set_epoch(epoch)
+    return values
+
+
+def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, info) -> List[dict]:
     """One pass over the (sharded) training set; returns each member's mean loss and accuracy (%)
-    (one dict for one model). `checkpoint_note`: what a stop says, one string per member."""
+    (one dict for one model). A non-finite loss raises NonFiniteLoss naming the steps (and the
+    member of a stacked model)."""
     model.train()
     steps = len(loader) if cfg_train.max_steps_per_epoch is None else min(len(loader), cfg_train.max_steps_per_epoch)
     n = max(1, members(model))
@@ -65,8 +79,8 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
             loss_sums = totals[0].tolist()
             for k, loss_sum in enumerate(loss_sums):
                 if not math.isfinite(loss_sum):
-                    raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}; "
-                                        f"{_member(checkpoint_note, k)}")
+                    raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}, steps {checked}-{step}",
+                                        member=k if n > 1 else None)
             checked = step + 1
             if bar is not None:
                 bar.update(step + 1 - bar.n)
@@ -80,60 +94,6 @@ def train_one_epoch(model, optimizer, criterion, loader, epoch: int, cfg_train, 
             for loss_sum, correct, seen in totals.t().tolist()]
 
 
-def _member(notes, k: int) -> str:
-    return notes if isinstance(notes, str) else notes[k]
-
-
-@torch.no_grad()
-def predict(model, loader, info, amp: str = "none"):
-    """(predictions, confidences, labels) over the whole test set, gathered from every rank; for
-    a stacked model, predictions and confidences are (N, n): one row per member."""
-    was_training = model.training
-    model.eval()
-    preds, confs, labels = [], [], []
-    dtype = AMP_DTYPES[amp]
-    stacked = members(model) > 0
-    for images, targets in loader:
-        images = images.to(info.device, non_blocking=True)
-        with torch.autocast(info.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model.forward_shared(images) if stacked else model(images)
-        conf, pred = F.softmax(logits.float(), dim=-1).max(dim=-1)
-        preds.append(pred)
-        confs.append(conf)
-        labels.append(targets.to(info.device))
-    model.train(was_training)
-    cat = lambda xs, dt: torch.cat(xs, dim=-1) if xs else torch.zeros(0, dtype=dt, device=info.device)
-    out = [dist_utils.gather_variable(cat(x, dt)) for x, dt in
-           ((preds, torch.long), (confs, torch.float32), (labels, torch.long))]
-    return [t.cpu().numpy() for t in out]
-
-
-def evaluate_members(model, loader, info, class_counts, data_cfg, amp: str = "none") -> List[dict]:
-    """The evaluation report (percent) of each member (one for one model): balanced top-1,
-    head / medium / tail, per-class, ECE."""
-    if info.distributed:
-        dist_utils.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics
-    preds, confs, labels = predict(model, loader, info, amp)
-    if preds.ndim == 1:
-        preds, confs = preds[None], confs[None]
-    return [summarize(p, c, labels, class_counts, data_cfg.head_threshold, data_cfg.tail_threshold)
-            for p, c in zip(preds, confs)]
-
-
-def evaluate(model, loader, info, class_counts, data_cfg, amp: str = "none") -> dict:
-    """The evaluation report of one model."""
-    return evaluate_members(model, loader, info, class_counts, data_cfg, amp)[0]
-
-
-def check_class_counts(state: dict, class_counts, path: str) -> None:
-    """The checkpoint's training counts must be this config's: Head / Medium / Tail and the
-    class-dependent losses and optimizers are functions of them."""
-    if state.get("class_counts") != list(class_counts):
-        raise UserError(f"{path} was trained on other class counts than this config's data "
-                        f"({len(state.get('class_counts') or [])} classes there, {len(class_counts)} here, or other "
-                        "counts); check data.name / data.imb_factor / the split lists")
-
-
 def _restore(group, states: Sequence[dict], paths: Sequence[str]) -> None:
     for state, path in zip(states, paths):
         check_class_counts(state, group.class_counts, path)
@@ -144,7 +104,7 @@ def _restore(group, states: Sequence[dict], paths: Sequence[str]) -> None:
         raise UserError(f"{where} does not match this config's model or optimizer ({mismatch_reason(e)})") from None
 
 
-def _compile(model):
+def compile_model(model):
     """torch.compile for the sharpness steps, which run two backward passes through one forward
     (retain_graph=True: the clean gradient and the perturbation direction):
     - AOTAutograd's donated buffers forbid that ("compiled with non-empty donated buffers"):
@@ -159,7 +119,7 @@ def _compile(model):
     return torch.compile(model)
 
 
-def _wrap_distributed(model, cfg, info):
+def wrap_model(model, cfg, info):
     """DDP around the model under torchrun (SyncBatchNorm first when asked); the model itself otherwise.
     With train.compile=model the module the optimizer steps is torch.compile'd, inside DDP, so the
     optimizers still see the DDP module and reduce gradients themselves; checkpoints and
@@ -169,18 +129,18 @@ def _wrap_distributed(model, cfg, info):
     DDP still broadcasts rank 0's parameters at construction and its buffers before each forward.
     """
     if not info.distributed:
-        return _compile(model) if cfg.train.compile == "model" else model
+        return compile_model(model) if cfg.train.compile == "model" else model
     if cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise UserError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
                             "set train.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.train.compile == "model":
-        model = _compile(model)
+        model = compile_model(model)
     return DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
 
 
-def _stepper(optimizer, cfg, info):
+def make_stepper(optimizer, cfg, info):
     """The optimizer, or (train.capture=step) its step replayed from a CUDA graph."""
     if cfg.train.capture != "step":
         return optimizer
@@ -234,67 +194,41 @@ def _fit(cfgs: List[Config], out_dirs: List[str], resume: bool, info) -> List[di
     dist_utils.barrier()
 
     cfg = cfgs[0]   # the members' shared settings
-    net = _wrap_distributed(model, cfg, info)
-    stepper = _stepper(optimizer, cfg, info)
+    net = wrap_model(model, cfg, info)
+    stepper = make_stepper(optimizer, cfg, info)
     train_dl = train_batches(group, info)
     test_dl = eval_loader(group.runs[0].splits.test, cfg.train.eval_batch_size, info, cfg.data)
     evaluate_all = lambda: evaluate_members(model, test_dl, info, counts, cfg.data, cfg.train.amp)
-    reports = [None] * n
+    reports, epoch = [None] * n, start_epoch
     try:
         for r in records:
             r.open(start_epoch)
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.time()
-            values = group.epoch_values.apply(epoch, optimizer, criterion)
-            if isinstance(stepper, CapturedStep):
-                stepper.reset()      # the captured step baked in the last epoch's lr, rho and DRW weights
-            train_dl.sampler.set_epoch(epoch)
-            for run in group.runs:
-                run.splits.train.set_epoch(epoch)
-            notes = [r.note(epoch, group.epoch_values) for r in records]
-            stats = train_one_epoch(net, stepper, criterion, train_dl, epoch, cfg.train, info, notes)
-            check_finite_state(model, optimizer, epoch, "; ".join(notes))   # never log or save NaN weights
+            values = start_epoch_setup(epoch, group.epoch_values, optimizer, criterion, train_dl,
+                                       [run.splits.train for run in group.runs], stepper)
+            stats = train_one_epoch(net, stepper, criterion, train_dl, epoch, cfg.train, info)
+            check_finite_state(model, optimizer, epoch)   # never log or save NaN weights
             evaluated = epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.eval_every == 0
             reports = evaluate_all() if evaluated else [None] * n
             seconds = time.time() - t0
             for k, r in enumerate(records):
-                r.end_epoch(epoch, values, stats[k], reports[k], seconds, notes[k],
-                            lambda k=k: group.member_state(k), counts)
+                with NonFiniteLoss.of_member(k):
+                    r.end_epoch(epoch, values, stats[k], reports[k], seconds, lambda k=k: group.member_state(k),
+                                counts)
         if reports[0] is None:  # resumed a finished run: evaluate the final weights again
             reports = evaluate_all()
         together = [c.seed for c in cfgs] if n > 1 else None
-        return [r.finish(report, counts, run.splits.class_names, info,
-                         notes[k] if cfg.train.epochs > start_epoch else "the checkpoint is not usable", together)
-                for k, (r, report, run) in enumerate(zip(records, reports, group.runs))]
+        finals = []
+        for k, (r, report, run) in enumerate(zip(records, reports, group.runs)):
+            with NonFiniteLoss.of_member(k):
+                finals.append(r.finish(report, counts, run.splits.class_names, info, together))
+        return finals
+    except NonFiniteLoss as e:       # the fact, explained once: the good checkpoint and the likely cause
+        stopped = records if e.member is None else [records[e.member]]
+        if cfg.train.epochs <= start_epoch:
+            raise NonFiniteLoss(f"{e}; the checkpoint is not usable") from None
+        raise NonFiniteLoss(f"{e}; " + "; ".join(r.note(epoch, group.epoch_values) for r in stopped)) from None
     finally:
         for r in records:
             r.close()
-
-
-def evaluate_checkpoint(cfg: Config, checkpoint: str, out_path: str) -> dict:
-    """Evaluate the weights in `checkpoint` on the config's test set; write the report to out_path."""
-    info = dist_utils.init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
-    try:
-        state = load_checkpoint(checkpoint)
-        run = build_run(cfg, info.device, trained_state=state["model"])   # the checkpoint holds every weight
-        splits, model = run.splits, run.model
-        check_class_counts(state, splits.class_counts, checkpoint)
-        try:
-            model.load_state_dict(state["model"])
-        except (RuntimeError, KeyError) as e:
-            raise UserError(f"{checkpoint} does not match model '{cfg.model.name}' with {splits.num_classes} "
-                            f"classes ({mismatch_reason(e)})") from None
-        loader = eval_loader(splits.test, cfg.train.eval_batch_size, info, cfg.data)
-        report = evaluate(model, loader, info, splits.class_counts, cfg.data, cfg.train.amp)
-        check_finite_report(report, f"the weights in {checkpoint} are not usable")
-        report.update(class_counts=splits.class_counts, class_names=splits.class_names, checkpoint=os.path.abspath(checkpoint),
-                      epochs_trained=state.get("epoch"), git_revision=git_revision(),
-                      run={"dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
-                           "optim": cfg.optim.name, "seed": cfg.seed})
-        if info.is_main:
-            write_json(out_path, report)
-            print(f"top1 {report['top1']:.2f}  head {percent(report['head'])}  medium {percent(report['medium'])}  "
-                  f"tail {percent(report['tail'])}  ece {report['ece']:.2f}  -> {out_path}", flush=True)
-        return report
-    finally:
-        dist_utils.cleanup()

@@ -23,7 +23,7 @@ the whole batch.
 """
 import contextlib
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Sequence, Tuple
+from typing import List, Literal, Sequence, Tuple
 
 import torch
 import torch.nn as nn

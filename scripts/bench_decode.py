@@ -12,7 +12,6 @@ in one process (= one worker's rate), then whole DataLoaders with several worker
 the decode and augmentation on the GPU when one is present (--device), else on the CPU.
 A benchmark, not a test.
 """
-import argparse
 import os
 import tempfile
 import time

@@ -31,7 +31,6 @@ steps only, no evaluation).
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -50,8 +49,8 @@ from engine.distributed import DistInfo, pick_device
 from engine.report import write_json
 from engine.loaders import eval_loader, train_loader
 from engine.group import build_group, train_batches
-from engine.capture import CapturedStep
-from engine.trainer import _stepper, _wrap_distributed, evaluate, train_one_epoch
+from engine.evaluation import evaluate
+from engine.trainer import make_stepper, start_epoch_setup, train_one_epoch, wrap_model
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
 DATASETS = ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"]
@@ -83,8 +82,8 @@ def build(cfg, model0, device):
     run = build_run(cfg, device, load_data=False)
     run.model.load_state_dict(model0.state_dict())
     info = DistInfo(device=device)
-    net = _wrap_distributed(run.model.train(), cfg, info)   # train.compile, as in training
-    return net, run.criterion, _stepper(run.optimizer, cfg, info)   # and train.capture
+    net = wrap_model(run.model.train(), cfg, info)   # train.compile, as in training
+    return net, run.criterion, make_stepper(run.optimizer, cfg, info)   # and train.capture
 
 
 def time_optimizers(cfgs, model0, batches, warmup, device):
@@ -145,7 +144,7 @@ def real_run(cfg, device):
     """(run, training module, train loader, test loader) on the run's real data path."""
     info = DistInfo(device=device)
     run = build_run(cfg, device)
-    net = _wrap_distributed(run.model, cfg, info)      # train.compile applies here, as in training
+    net = wrap_model(run.model, cfg, info)      # train.compile applies here, as in training
     train_dl = train_loader(run.splits.train, cfg.train.batch_size, info, cfg.seed, cfg.data, cfg.train.drop_last)
     return run, net, train_dl, eval_loader(run.splits.test, cfg.train.eval_batch_size, info, cfg.data), info
 
@@ -153,16 +152,12 @@ def real_run(cfg, device):
 def time_epochs(cfg, device, epochs: int) -> dict:
     """Train and test seconds of the last of `epochs` epochs (the earlier ones warm up)."""
     run, net, train_dl, test_dl, info = real_run(cfg, device)
-    stepper = _stepper(run.optimizer, cfg, info)
+    stepper = make_stepper(run.optimizer, cfg, info)
     for epoch in range(epochs):
-        run.epoch_values.apply(epoch, run.optimizer, run.criterion)
-        train_dl.sampler.set_epoch(epoch)
-        run.splits.train.set_epoch(epoch)
         sync(device)
-        t0 = time.perf_counter()
-        if isinstance(stepper, CapturedStep):
-            stepper.reset()
-        train_one_epoch(net, stepper, run.criterion, train_dl, epoch, cfg.train, info, "benchmark")
+        t0 = time.perf_counter()     # the trainer's own epoch start (it includes resetting a captured step)
+        start_epoch_setup(epoch, run.epoch_values, run.optimizer, run.criterion, train_dl, [run.splits.train], stepper)
+        train_one_epoch(net, stepper, run.criterion, train_dl, epoch, cfg.train, info)
         sync(device)
         t1 = time.perf_counter()
         evaluate(run.model, test_dl, info, run.class_counts, cfg.data, cfg.train.amp)
@@ -201,10 +196,10 @@ def worker_mode(args, cfgs, device) -> None:
     cfg = next(iter(cfgs.values()))
     info = DistInfo(device=device)
     group = build_group([dataclasses.replace(cfg, seed=s) for s in range(args.members)], device)
-    net = _wrap_distributed(group.model, cfg, info)
+    net = wrap_model(group.model, cfg, info)
     train_dl = train_batches(group, info)
     group.epoch_values.apply(0, group.optimizer, group.criterion)
-    stepper = _stepper(group.optimizer, cfg, info)
+    stepper = make_stepper(group.optimizer, cfg, info)
     batches = iter(cycle(train_dl))
     for _ in range(args.warmup):
         stepper.step(net, *next_on(batches, device), group.criterion)

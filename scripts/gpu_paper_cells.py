@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from core.args import ArgumentParser, at_least, positive_seconds

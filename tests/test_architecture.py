@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT
 from engine.config import load_config, options_table
-from optim import OPTIMIZERS, RandomSAM
+from optim import RandomSAM
 from reference import MLP, params_of, per_sample_ce
 
 LIBRARIES = ("optim", "losses", "models", "data", "core")

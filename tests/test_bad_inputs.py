@@ -31,7 +31,7 @@ import engine.trainer as trainer
 import eval as eval_cli
 import train as train_cli
 from conftest import write_tree, ROOT, TINY, write_cifar
-from engine.cli import folder_lock
+from engine.locks import folder_lock
 from engine.loaders import quiet_worker
 
 MAX_LINE = 500   # "short": one line a terminal shows whole, with two temporary paths in it
@@ -207,11 +207,11 @@ def test_run_folder_is_checked_before_any_work(tiny, tmp_path, capsys):
 
 
 def test_a_file_system_without_locks_is_named(tiny, tmp_path, capsys, monkeypatch):
-    import engine.cli
+    import engine.locks
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-    monkeypatch.setattr(engine.cli.fcntl, "flock", no_locks)
+    monkeypatch.setattr(engine.locks.fcntl, "flock", no_locks)
     assert_one_line(train(capsys, "--config", tiny, "--out", tmp_path / "run"), "cannot lock", ".lock",
                     "No locks available")
 

@@ -7,7 +7,7 @@ import torch
 
 from engine.config import load_config
 from engine.distributed import DistInfo
-from engine.trainer import _compile, _wrap_distributed
+from engine.trainer import compile_model, wrap_model
 from models.resnet_cifar import CifarResNet
 from optim import FocalSAM
 from reference import ConvBN, per_sample_ce
@@ -22,7 +22,7 @@ def test_compile_option_wraps_the_stepped_module_only(tiny_config):
     model = ConvBN()
     for value, compiled in (("none", False), ("model", True)):
         cfg = load_config(tiny_config({"train": {"compile": value}}))
-        net = _wrap_distributed(model, cfg, DistInfo())
+        net = wrap_model(model, cfg, DistInfo())
         assert isinstance(net, torch._dynamo.eval_frame.OptimizedModule) is compiled
         assert all(p is q for p, q in zip(net.parameters(), model.parameters()))   # one set of weights
 
@@ -30,7 +30,7 @@ def test_compile_option_wraps_the_stepped_module_only(tiny_config):
 def _three_steps(compiled: bool, bn_mode: str, resnet: bool = False) -> dict:
     torch.manual_seed(0)
     model = CifarResNet(8, len(COUNTS), "linear") if resnet else ConvBN()
-    net = _compile(model) if compiled else model
+    net = compile_model(model) if compiled else model
     opt = FocalSAM(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.3, gamma=3.0, lam=0.8,
                    class_counts=COUNTS, bn_mode=bn_mode)
     g = torch.Generator().manual_seed(0)

@@ -25,6 +25,7 @@ import engine.loaders
 from conftest import ROOT, write_tree
 from data.device_loader import DeviceLoader
 from engine import trainer
+from engine.evaluation import evaluate_checkpoint
 from engine.capture import why_not_capturable
 from data import DATASETS
 from engine.config import config_to_dict, load_config
@@ -118,7 +119,7 @@ def test_config_trains_and_evaluates_as_on_cuda(path, jpeg_tree, tmp_path, monke
     monkeypatch.setattr(trainer, "CapturedStep", Spy)
 
     final = trainer.fit(cfg, str(tmp_path / "run"))
-    report = trainer.evaluate_checkpoint(cfg, str(tmp_path / "run" / "last.pt"), str(tmp_path / "eval.json"))
+    report = evaluate_checkpoint(cfg, str(tmp_path / "run" / "last.pt"), str(tmp_path / "eval.json"))
 
     in_memory = shipped.data.name in IN_MEMORY_CLASSES
     assert kinds and set(kinds) == {"device" if in_memory else "workers"}, kinds

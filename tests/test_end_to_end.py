@@ -1,6 +1,5 @@
 """User paths end to end on the synthetic set: train, eval, resume, and the bad-input errors."""
 import json
-import os
 
 import pytest
 import torch

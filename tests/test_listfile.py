@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from conftest import assert_one_line_error, run_cli, write_tree
 from data import build_data

@@ -11,7 +11,6 @@ import glob
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import time
 
