@@ -6,12 +6,12 @@ check never leaves a partial file where the trainer would read it.
 """
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from typing import Sequence, Tuple
 
 from core.errors import UserError
+from core.files import WriteFailed, write_text
 
 
 def http_get(url: str, timeout: float) -> bytes:
@@ -47,34 +47,12 @@ def fetch_text(urls: Sequence[str], timeout: float, hint: str) -> Tuple[str, str
     raise UserError(f"download failed: {'; '.join(failures)}; {hint}")
 
 
-def _file_mode() -> int:
-    """The mode open() gives a new file: 0666 less the umask (mkstemp's files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace, so a
-    reader sees the old file or the whole new one, never a part. The file ends with the mode of
-    any other file the user writes (a list is shared data, not a secret)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """`text` put in place atomically (core.files: the old file or the whole new one, never a
+    part; '\n' line ends kept, as in the public lists), its folder made first."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}; choose a writable folder") from None
-    try:
-        # newline="" keeps '\n' line ends on every platform, as in the public lists.
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except OSError as e:
-        os.unlink(tmp)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; choose a writable folder") from None
-    except BaseException:  # Ctrl-C while writing: the destination stays as it was
-        os.unlink(tmp)
-        raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_text(path, text)
+    except (OSError, WriteFailed) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e).split(": ", 1)[-1]
+        raise UserError(f"cannot write {path}: {reason}; choose a writable folder") from None

@@ -1,40 +1,22 @@
 """What a run leaves in its folder: config.yaml, metrics.jsonl (one line per epoch), summary.csv,
-TensorBoard events, final.json. Only the main process writes.
-
-Every whole-file write goes through `atomic_write`: a temporary file unique to the writer in the
-same folder, flushed and fsynced, renamed over the destination, then the folder fsynced, so a
-crash or a full disk leaves the old file or the whole new one, never a part, and two writers
-never share a temporary name. A write that fails stops the run with one line (`RunStopped`).
+TensorBoard events, final.json. Only the main process writes, every whole file atomically
+(core/files.py); a write that fails stops the run with one line (`RunStopped`).
 """
-import contextlib
 import csv
 import io
 import json
 import os
-import signal
 import subprocess
-import tempfile
-import threading
 from typing import IO, Callable, List, Optional
 
 import yaml
 
+from core import files
 from core.errors import UserError
+from core.files import TMP_SUFFIX  # noqa: F401  (the temporary files' suffix, for the run-folder checks)
 from engine.guards import RunStopped
 
 CSV_KEYS = ["epoch", "lr", "rho", "train_loss", "train_acc", "top1", "head", "medium", "tail", "ece", "epoch_seconds"]
-TMP_SUFFIX = ".tmp"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by their owner only; a finished file gets the mode that open()
-# would have given it (0666 less the umask), like every other file the user makes.
-FILE_MODE = 0o666 & ~_umask()
 
 
 def git_revision() -> Optional[str]:
@@ -49,76 +31,16 @@ def git_revision() -> Optional[str]:
 
 
 def write_failed(path: str, error: OSError) -> RunStopped:
-    return RunStopped(f"cannot write {path}: {error.strerror or error}")
-
-
-def fsync_folder(folder: str) -> None:
-    """Make a rename in `folder` durable (POSIX: the directory entry is data of the folder)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends.
-
-    Their handlers raise an exception wherever the main thread is; inside torch.save that is a
-    Python callback of its C++ zip writer, which then failed with "unexpected pos" or aborted
-    the process ("terminate called ... write to closed file"). Held, they are raised again
-    (`signal.raise_signal`) once the file is complete and in place.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
-    caught = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in caught}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if pending:
-            signal.raise_signal(pending[0])
+    return RunStopped(str(files.write_failed(path, error)))
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a fresh temporary file next to `path`, then put it in place; a
-    signal that arrives meanwhile waits until the file is in place (`signals_held`)."""
-    with signals_held():
-        _atomic_write(path, write)
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
+    """core.files.atomic_write; a failed write of a run's file stops the run (RunStopped: the
+    command line adds how to resume)."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX)
-    except OSError as e:
-        raise write_failed(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-        fsync_folder(folder)
-    except OSError as e:
-        _remove(tmp)
-        raise write_failed(path, e) from None
-    except BaseException:  # Ctrl-C mid-write: the destination stays as it was
-        _remove(tmp)
-        raise
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        files.atomic_write(path, write)
+    except files.WriteFailed as e:
+        raise RunStopped(str(e)) from None
 
 
 def write_text(path: str, text: str) -> None:

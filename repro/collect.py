@@ -15,6 +15,8 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+from core.errors import UserError
+from core.files import read_run_report
 from repro.runner import COMMAND, FAILED
 from repro.spec import DASH, METRIC_LABELS, Row, Table, run_folder
 
@@ -63,12 +65,9 @@ class Finals:
             folder = os.path.join(self.out_root, key)
             final = None
             try:
-                with open(os.path.join(folder, "final.json")) as f:
-                    final = json.load(f)
-            except FileNotFoundError:
-                pass
-            except (OSError, json.JSONDecodeError) as e:  # a torn or hand-edited file: say which
-                print(f"warning: skipping unreadable {os.path.join(folder, 'final.json')} ({e})")
+                final = read_run_report(folder)
+            except UserError as e:  # a torn or hand-edited file: say which, go on with the others
+                print(f"warning: skipping an unreadable report: {e}")
             failed = final is None and os.path.isfile(os.path.join(folder, FAILED))
             self.cache[key] = (final, failed)
         return self.cache[key]

@@ -1,7 +1,6 @@
 """Which classes each ImbSAM run perturbs: its tail set, n_k <= optim.eta (repro/tables.yaml has
 the per-IF eta and its sources). make_tables.py prints it under every table with ImbSAM rows."""
 import dataclasses
-import json
 import os
 from typing import List, Optional, Sequence
 
@@ -9,6 +8,7 @@ from core.errors import UserError
 from data import class_counts_only
 from engine.config import load_config
 from optim.class_weights import imbsam_weights
+from core.files import read_run_report
 from repro.spec import ROOT, Group, Row, Table, config_path, read_config_info, run_folder
 
 
@@ -58,10 +58,7 @@ def run_tail_set(table_row: Row, group: Group, seeds: Sequence[int], out_root: s
     for seed in seeds:
         folder = os.path.join(out_root, run_folder(group, table_row, seed))
         if os.path.isfile(os.path.join(folder, "config.yaml")):
-            counts = None
-            if os.path.isfile(os.path.join(folder, "final.json")):
-                with open(os.path.join(folder, "final.json")) as f:
-                    counts = json.load(f).get("class_counts")
+            counts = (read_run_report(folder) or {}).get("class_counts")
             return tail_set(load_config(os.path.join(folder, "config.yaml")), counts)
     cfg = config_path(group, table_row)
     return tail_set(load_config(os.path.join(ROOT, cfg), group.sets_for("imbsam")))

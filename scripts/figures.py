@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from analysis import commands, measure, paper, plots
 from analysis.outputs import prepare_out, read_json, write_csv, write_json
+from core.files import read_run_report
 from core.args import ArgumentParser, at_least, finite_float
 from core.errors import UserError
 from engine.cli import user_errors
@@ -258,7 +259,7 @@ def plot_ablation(args, abl: paper.Ablation, plan, out_root: str) -> None:
     for config, chosen, values in plan:
         means, stds, synthetic = [], [], False
         for v, vruns in values:
-            finals = [read_final(os.path.join(out_root, r.key)) for r in vruns]
+            finals = [read_run_report(os.path.join(out_root, r.key)) for r in vruns]
             synthetic |= any(f is not None and f.get("run", {}).get("dataset") == "synthetic" for f in finals)
             top1 = [f["top1"] for f in finals if f is not None]
             m = sum(top1) / len(top1) if top1 else None
@@ -283,12 +284,6 @@ def plot_ablation(args, abl: paper.Ablation, plan, out_root: str) -> None:
     write_json(f"{stem}.json", {"figure": abl.number, "param": abl.param, "panels": doc})
     done = sum(r[4] for r in rows)
     print(f"wrote {stem}.png, {stem}.csv, {stem}.json ({done} of {sum(r[5] for r in rows)} runs finished)")
-
-
-def read_final(folder: str):
-    """A run's final.json, or None while it has not finished."""
-    path = os.path.join(folder, "final.json")
-    return read_json(path) if os.path.isfile(path) else None
 
 
 def mean_of(finals, key: str):
