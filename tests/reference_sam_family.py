@@ -83,12 +83,13 @@ class RWPNoise:
 
 
 # ------------------------------------------------------------------------------- whole steps
-def weighted_grads(model, params, x, y, a, c, rho, perturbation, loss=per_sample_ce):
-    """(g, u, g_a, g_c) with g = grad L_a(w) + grad L_c(w + eps), eps = perturbation(params, u, rho)."""
-    u = grad_at(model, params, x, y, c, loss)
+def weighted_grads(model, params, x, y, a, c, rho, perturbation, loss=per_sample_ce, total=None):
+    """(g, u) with g = grad L_a(w) + grad L_c(w + eps), eps = perturbation(params, u, rho),
+    u = grad L_c(w); L_v = sum_i v[y_i] l_i / total (total: the global batch, len(y) by default)."""
+    u = grad_at(model, params, x, y, c, loss, total)
     eps = perturbation(params, u, rho)
-    g_a = grad_at(model, params, x, y, a, loss)
-    g_c = grad_at(model, moved(params, eps), x, y, c, loss)
+    g_a = grad_at(model, params, x, y, a, loss, total)
+    g_c = grad_at(model, moved(params, eps), x, y, c, loss, total)
     return {k: g_a[k] + g_c[k] for k in params}, u
 
 
@@ -97,10 +98,10 @@ def weighted_step(model, params, bufs, x, y, a, c, rho, perturbation, lr, moment
     return sgd_update(params, g, bufs, lr, momentum, wd)
 
 
-def gsam_grads(model, params, x, y, a, c, rho, alpha, perturbation=sam_eps, loss=per_sample_ce):
+def gsam_grads(model, params, x, y, a, c, rho, alpha, perturbation=sam_eps, loss=per_sample_ce, total=None):
     """GSAM, Alg. 1: g_p - alpha u_perp, u_perp = u - (<u, g_p>/||g_p||^2) g_p, g_p the whole
     perturbed gradient grad L_a(w) + grad L_c(w + eps), u = grad L_c(w)."""
-    g_p, u = weighted_grads(model, params, x, y, a, c, rho, perturbation, loss)
+    g_p, u = weighted_grads(model, params, x, y, a, c, rho, perturbation, loss, total)
     coef = dot(u, g_p) / norm(g_p) ** 2
     return {k: g_p[k] - alpha * (u[k] - coef * g_p[k]) for k in params}
 
