@@ -8,6 +8,7 @@ ASAM's perturbation. With rho the radius of each parameter's param group:
 
     sam       eps = rho u / ||u||                                  SAM (Foret et al. ICLR 2021, Eq. 2)
     asam      eps = rho T^2 u / ||T u||,  T = |w| + eta            ASAM (Kwon et al. ICML 2021, Eq. 9)
+                                          (T = 1 on biases, as its code)
     friendly  eps = rho d / ||d||,  d = u - sigma m                F-SAM (Li et al. CVPR 2024, Alg. 1)
               m <- lambda m + (1 - lambda) u   (m: EMA of the ascent gradients, first m = u)
     random    eps ~ N(0, (rho ||w_f||)^2) per filter f             RWP (Li et al. 2022), no gradient read
@@ -69,9 +70,9 @@ class SAMRule(Stateless):
 class ASAMRule(Stateless):
     """ASAM's adaptive sharpness (Kwon et al. 2021, Eq. 9): the SAM solution in the space
     rescaled by T_w = |w| + eta (elementwise), eps = rho T^2 u / ||T u||, so that a rescaling of
-    the weights that leaves the loss unchanged leaves the sharpness unchanged. T acts on every
-    perturbed parameter, as the paper's operator; the official code (SamsungLabs/ASAM asam.py)
-    leaves parameters without "weight" in their name (biases) at T = 1 (docs/sam_family.md)."""
+    the weights that leaves the loss unchanged leaves the sharpness unchanged. As the official
+    code (SamsungLabs/ASAM asam.py, which scales the parameters named "weight"), biases keep
+    T = 1 (eps = rho u / ||T u|| on them); docs/sam_family.md."""
     needs_gradient, capturable = True, True
 
     def __init__(self, eta: float = 0.01):
@@ -79,9 +80,11 @@ class ASAMRule(Stateless):
         self.eta = eta
 
     def __call__(self, params, u, rhos, model, skip=None):
-        t = [p.detach().abs().add_(self.eta) for p in params]
-        tu = [g.mul_(ti) for g, ti in zip(u, t)]                             # T u
-        return [e.mul_(ti) for e, ti in zip(normalised(tu, rhos, model), t)]  # rho T (T u) / ||T u||
+        bias = {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
+        t = [None if id(p) in bias else p.detach().abs().add_(self.eta) for p in params]
+        tu = [g if ti is None else g.mul_(ti) for g, ti in zip(u, t)]                    # T u
+        eps = normalised(tu, rhos, model)                                                  # rho T u / ||T u||
+        return [e if ti is None else e.mul_(ti) for e, ti in zip(eps, t)]
 
 
 class FriendlyRule:
@@ -246,7 +249,8 @@ class KeepAscent:
 @dataclass(frozen=True)
 class RuleOptions(PerturbOptions):
     """The methods with a perturbation rule: which rule, and each rule's parameters."""
-    perturb: Literal[tuple(RULES)] = opt("sam", "perturbation rule: sam, asam, friendly or random (optim/perturbations.py)")
+    perturb: Literal[tuple(RULES)] = opt("sam", "perturbation rule: sam, asam, friendly or random "
+                                                "(optim/perturbations.py)")
     asam_eta: float = opt(rule_default("asam_eta"), "perturb asam: eta of T_w = |w| + eta, >= 0 (official 0.01)")
     friendly_sigma: float = opt(rule_default("friendly_sigma"),
                                 "perturb friendly: weight sigma of the removed EMA gradient, >= 0 (F-SAM: 1)")

@@ -37,8 +37,9 @@ def sam_eps(params, u, rho):
 
 
 def asam_eps(params, u, rho, eta):
-    """Kwon et al. 2021, Eq. 9: rho T^2 u / ||T u||, T = |w| + eta on every parameter."""
-    t = {k: params[k].abs() + eta for k in params}
+    """Kwon et al. 2021, Eq. 9: rho T^2 u / ||T u||, T = |w| + eta on the weights, 1 on the biases
+    (the authors' code scales the parameters named "weight" only)."""
+    t = {k: torch.ones_like(w) if k.endswith("bias") else w.abs() + eta for k, w in params.items()}
     tu = {k: t[k] * u[k] for k in u}
     n = norm(tu)
     return {k: rho * t[k] * tu[k] / (n + 1e-12) for k in u}

@@ -40,7 +40,8 @@ def make_model(kind, seed=0, head="linear"):
 
 WEIGHTINGS = {
     "sam": (lambda p, **kw: SAM(p, rho=RHO, **KW, **kw), (ZEROS, ONES)),
-    "imbsam": (lambda p, **kw: ImbSAM(p, rho=RHO, eta=100, class_counts=COUNTS, **KW, **kw), imbsam_weights(COUNTS, 100)),
+    "imbsam": (lambda p, **kw: ImbSAM(p, rho=RHO, eta=100, class_counts=COUNTS, **KW, **kw),
+               imbsam_weights(COUNTS, 100)),
     "focal_sam": (lambda p, **kw: FocalSAM(p, rho=RHO, gamma=3.0, lam=0.8, class_counts=COUNTS, **KW, **kw),
                   focal_sam_weights(COUNTS, 3.0, 0.8)),
 }
@@ -89,8 +90,7 @@ def test_a_rule_without_gradient_runs_no_ascent_backward(monkeypatch):
 
 
 def test_reductions_to_sam():
-    """friendly with sigma = 0 is SAM; asam where every |w| + eta = eta (w = 0) is SAM with radius
-    eta rho (T = eta I: eps = rho eta^2 u / ||eta u||)."""
+    """friendly with sigma = 0 is SAM; asam with w = 0 and eta = 1 is SAM (T = I on weights and biases)."""
     compare("mlp", lambda p: SAM(p, rho=RHO, perturb="friendly", friendly_sigma=0.0, **KW), ZEROS, ONES, sam_eps)
     model = make_model("mlp")
     with torch.no_grad():
@@ -98,8 +98,8 @@ def test_reductions_to_sam():
             p.fill_(0.0)                                    # |w| + eta = eta everywhere at the first step
     sam_model = copy.deepcopy(model)
     x, y = batches("mlp", 1)[0]
-    SAM(model.parameters(), rho=RHO, perturb="asam", asam_eta=0.5, **KW).step(model, x, y, per_sample_ce)
-    SAM(sam_model.parameters(), rho=RHO * 0.5, **KW).step(sam_model, x, y, per_sample_ce)
+    SAM(model.parameters(), rho=RHO, perturb="asam", asam_eta=1.0, **KW).step(model, x, y, per_sample_ce)
+    SAM(sam_model.parameters(), rho=RHO, **KW).step(sam_model, x, y, per_sample_ce)
     for p, q in zip(model.parameters(), sam_model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
 
@@ -130,7 +130,7 @@ def test_filter_norms_per_filter_and_per_member():
     torch.testing.assert_close(filter_norms(w, 0).flatten(), w.reshape(3, -1).norm(dim=1))
     torch.testing.assert_close(filter_norms(w[0, 0], 0), w[0, 0].norm().reshape(1))        # 1-D: the whole tensor
     torch.testing.assert_close(filter_norms(w, 1), w.norm(dim=2, keepdim=True))            # stacked (N, d): per row
-    stacked = torch.randn(2, 3, 4, dtype=torch.float64)                                    # 2 members of a (3, 4) weight
+    stacked = torch.randn(2, 3, 4, dtype=torch.float64)                      # 2 members of a (3, 4) weight
     torch.testing.assert_close(filter_norms(stacked, 1), stacked.norm(dim=2, keepdim=True))
 
 
