@@ -251,7 +251,7 @@ class RuleOptions(PerturbOptions):
     """The methods with a perturbation rule: which rule, and each rule's parameters."""
     perturb: Literal[tuple(RULES)] = opt("sam", "perturbation rule: sam, asam, friendly or random "
                                                 "(optim/perturbations.py)")
-    asam_eta: float = opt(rule_default("asam_eta"), "perturb asam: eta of T_w = |w| + eta, >= 0 (official 0.01)")
+    asam_eta: float = opt(rule_default("asam_eta"), "perturb asam: eta of T_w = abs(w) + eta, >= 0 (official 0.01)")
     friendly_sigma: float = opt(rule_default("friendly_sigma"),
                                 "perturb friendly: weight sigma of the removed EMA gradient, >= 0 (F-SAM: 1)")
     friendly_momentum: float = opt(rule_default("friendly_momentum"),

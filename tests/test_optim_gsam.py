@@ -144,3 +144,35 @@ def test_mixed_precision_is_close_to_fp32(amp, tol):
         deltas.append(torch.cat([(p.detach() - s).flatten() for p, s in zip(model.parameters(), start)]))
     d32, d16 = deltas
     assert d32.norm() > 0 and (d16 - d32).norm() <= tol * d32.norm(), float((d16 - d32).norm() / d32.norm())
+
+
+def test_capturable_step_replays_like_eager():
+    """GSAM reads nothing back to the host (fp16 aside): under the CUDA-graph step's CPU stand-in
+    (conftest) the captured step trains as the eager one, bit for bit."""
+    from conftest import NoSideStream, stand_in_record
+    from engine.capture import CapturedStep
+
+    def train(captured):
+        model = make_model("convbn").float()
+        opt = GSAM(model.parameters(), rho=0.2, alpha=ALPHA, **KW)
+        assert opt.capturable
+        step = CapturedStep(opt, warmup=2, record=stand_in_record, side_stream=NoSideStream) if captured else opt
+        for x, y in batches("convbn", 5, b=8, dtype=torch.float32):
+            step.step(model, x, y, per_sample_ce)
+        return model
+    for p, q in zip(train(False).parameters(), train(True).parameters()):
+        assert torch.equal(p, q)
+
+
+def test_training_logs_the_lr_tied_radius(tiny_config, tmp_path):
+    """train.py's path: each epoch's rho (in metrics.jsonl) is rho_min + (rho - rho_min) lr / lr_max."""
+    import json
+
+    from engine import trainer
+    from engine.config import load_config
+    cfg = load_config(tiny_config(replace={"optim": {"name": "gsam", "lr": 0.05, "rho": 0.2, "rho_min": 0.05}}),
+                      ["train.epochs=2", "train.max_steps_per_epoch=2"])
+    trainer.fit(cfg, str(tmp_path / "run"))
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = cosine_lr(0.05, 2)
+    assert [l["rho"] for l in lines] == pytest.approx([0.05 + 0.15 * lr / 0.05 for lr in lrs], abs=1e-12)

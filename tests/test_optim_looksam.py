@@ -159,3 +159,38 @@ def test_bad_options_are_one_config_error(values, key, words):
     with pytest.raises(ConfigError) as e:
         section("optim", **values)
     assert key in str(e.value) and words in str(e.value)
+
+
+def test_training_resumed_mid_run_equals_the_uninterrupted_one(tiny_config, tmp_path, monkeypatch):
+    """train.py's path: LookSAM (k = 3, F-SAM's rule) stopped in epoch 2 and resumed from last.pt
+    ends with the weights, optimizer state and losses of the run that was not stopped."""
+    import json
+
+    from engine import trainer
+    from engine.config import load_config
+    optim = {"name": "looksam", "lr": 0.05, "rho": 0.1, "k": 3, "perturb": "friendly"}
+    cfg = load_config(tiny_config(replace={"optim": optim}), ["train.epochs=3"])
+    trainer.fit(cfg, str(tmp_path / "full"))
+    real = trainer.train_one_epoch
+
+    def crash_in_epoch_2(*args, **kwargs):
+        if args[4] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(cfg, str(tmp_path / "cut"))
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    trainer.fit(load_config(str(tmp_path / "cut" / "config.yaml")), str(tmp_path / "cut"), resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["steps"] == b["optimizer"]["steps"] == 12   # 4 per epoch: the cut at 8, mid-cycle
+    for k, v in a["optimizer"]["g_v"].items():
+        assert torch.equal(v, b["optimizer"]["g_v"][k])
+    for k, v in a["optimizer"]["rule"]["ema"].items():
+        assert torch.equal(v, b["optimizer"]["rule"]["ema"][k])
+    losses = [[json.loads(l)["train_loss"] for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("full", "cut")]
+    assert losses[0] == losses[1]

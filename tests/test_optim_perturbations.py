@@ -254,3 +254,30 @@ def test_mixed_precision_is_close_to_fp32(amp, tol, rule):
     d32, d16 = deltas
     assert d32.norm() > 0 and (d16 - d32).norm() <= tol * d32.norm(), float((d16 - d32).norm() / d32.norm())
 
+
+
+@pytest.mark.parametrize("rule", ["asam", "friendly"])
+def test_capturable_rules_replay_like_eager(rule):
+    """The rules that say `capturable` under the CUDA-graph step's CPU stand-in (conftest): the
+    captured step, replayed per epoch with partial batches eager, trains as the eager one, bit for
+    bit (F-SAM's EMA is updated in place, so a graph's replays update it too)."""
+    from conftest import NoSideStream, stand_in_record
+    from engine.capture import CapturedStep
+
+    def train(captured):
+        model = make_model("convbn").float()
+        opt = FocalSAM(model.parameters(), rho=0.2, class_counts=COUNTS, perturb=rule, **KW)
+        assert opt.capturable
+        step = CapturedStep(opt, warmup=2, record=stand_in_record, side_stream=NoSideStream) if captured else opt
+        data = batches("convbn", 5, b=8, dtype=torch.float32) + batches("convbn", 1, b=3, dtype=torch.float32)
+        for epoch in range(2):
+            for g in opt.param_groups:
+                g["lr"], g["rho"] = 0.1 / (1 + epoch), 0.2 * (1 + epoch)
+            if captured:
+                step.reset()
+            for x, y in data:
+                step.step(model, x, y, per_sample_ce)
+        return model
+    for p, q in zip(train(False).parameters(), train(True).parameters()):
+        assert torch.equal(p, q)
+    assert not ImbSAM(make_model("mlp").parameters(), lr=0.1, class_counts=COUNTS, perturb="random").capturable
