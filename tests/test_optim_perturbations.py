@@ -281,3 +281,30 @@ def test_capturable_rules_replay_like_eager(rule):
     for p, q in zip(train(False).parameters(), train(True).parameters()):
         assert torch.equal(p, q)
     assert not ImbSAM(make_model("mlp").parameters(), lr=0.1, class_counts=COUNTS, perturb="random").capturable
+
+
+def test_seeds_trained_together_save_each_members_rule_state(tiny_config, tmp_path):
+    """train.py --seeds: two seeds of ImbSAM with F-SAM's rule in one process (float64) end as the
+    runs alone, and each member's checkpoint holds its own EMA and flag, as the run alone saves
+    them (so that it resumes alone or together)."""
+    from engine import trainer
+    from engine.config import load_config
+    optim = {"name": "imbsam", "lr": 0.05, "rho": 0.05, "eta": 10, "perturb": "friendly"}
+    path = tiny_config(replace={"optim": optim})
+    cfgs = [load_config(path, [f"seed={s}", "train.epochs=2", "train.max_steps_per_epoch=3"]) for s in (0, 1)]
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for cfg, s in zip(cfgs, (0, 1)):
+            trainer.fit(cfg, str(tmp_path / f"alone{s}"))
+        trainer.fit_members(cfgs, [str(tmp_path / f"group{s}") for s in (0, 1)])
+    finally:
+        torch.set_default_dtype(before)
+    for s in (0, 1):
+        a, b = (torch.load(tmp_path / f"{run}{s}" / "last.pt", weights_only=True) for run in ("group", "alone"))
+        for key, t in b["model"].items():
+            torch.testing.assert_close(a["model"][key], t, rtol=1e-9, atol=1e-9, msg=key)
+        rule_a, rule_b = a["optimizer"]["rule"], b["optimizer"]["rule"]
+        assert torch.equal(rule_a["seen"].reshape(-1), rule_b["seen"].reshape(-1))
+        for i, t in rule_b["ema"].items():
+            torch.testing.assert_close(rule_a["ema"][i], t, rtol=1e-9, atol=1e-9)
