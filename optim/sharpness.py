@@ -10,8 +10,9 @@ For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y
 perturbation: one forward, one backward); SAM a=0, c=1 (2 fwd, 2 bwd); ImbSAM a = head mask,
 c = tail mask (times `tail_weight`); Focal-SAM c = lam (1 - pi_k)^gamma, a = 1 - c (2 fwd,
 3 bwd); m-RWP c = alpha, a = 1 - alpha for every class, with the `random` rule below. Focal-SAM
-with gamma=0, lam=1 is SAM (with gamma=0, lam=alpha, perturb=random it is m-RWP). grad L_a(w) and u come from ONE forward pass (two
-backward passes through the same graph); the perturbed pass is the second forward. With
+with gamma=0, lam=1 is SAM (with gamma=0, lam=alpha, perturb=random it is m-RWP). grad L_a(w)
+and u come from ONE forward pass (two backward passes through the same graph); the perturbed
+pass is the second forward. With
 clean_backward="batched" those two backward passes are one: backward is linear in the per-sample
 weights, so autograd.grad(l, w, grad_outputs=[a[y]/b; c[y]/b], is_grads_batched=True) gives both
 gradients (vmap over the two weight rows), the same numbers as two passes. A batch whose sharpness

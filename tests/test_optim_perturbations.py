@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
 from engine.config import section
 from losses import build_loss
