@@ -1,22 +1,26 @@
 """Optimizer registry and the library API.
 
-    from optim import SGD, SAM, ImbSAM, CCSAM, FocalSAM
+    from optim import SGD, SAM, ImbSAM, CCSAM, FocalSAM, GSAM, LookSAM, RWP
     opt = FocalSAM(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
-                   rho=0.2, gamma=3.0, lam=0.5, class_counts=counts)
+                   rho=0.2, gamma=3.0, lam=0.5, class_counts=counts)    # perturb="asam": ASAM's rule
     loss, logits = opt.step(model, images, targets, criterion)   # criterion -> per-sample losses
 
 YAML `optim.name` -> builder(options, params, class_counts, amp) -> optimizer. A new optimizer is
 one file (its class and an options class whose fields are its constructor's keyword arguments,
-extending `optim.base.OptimOptions`, `RhoOptions` or `PerturbOptions`) plus one line here.
+extending `optim.base.OptimOptions`, `RhoOptions`, `PerturbOptions` or, with a perturbation rule,
+`optim.perturbations.RuleOptions`) plus one line here.
 """
 from functools import partial
 
 from core.registry import Component, lookup
 from optim.base import OptimOptions, PerturbOptions, RhoOptions, SharpnessOptimizer, constructor_args
 from optim.ccsam import CCSAM, CCSAMOptions
+from optim.gsam import GSAM, GSAMOptions
+from optim.looksam import LookSAM, LookSAMOptions
+from optim.perturbations import RuleOptions
 from optim.random_sam import RandomSAM, RandomSAMOptions
-from optim.schedules import cosine_lr, piecewise_rho
-from optim.sharpness import SAM, SGD, FocalSAM, FocalSAMOptions, ImbSAM, ImbSAMOptions, WeightedSAM
+from optim.schedules import cosine_lr, piecewise_rho, proportional_rho
+from optim.sharpness import RWP, SAM, SGD, FocalSAM, FocalSAMOptions, ImbSAM, ImbSAMOptions, RWPOptions, WeightedSAM
 
 
 def _build(cls, o, params, counts, amp):
@@ -30,11 +34,14 @@ def _optimizer(cls):
 
 OPTIMIZERS = {
     "sgd": Component(_optimizer(SGD), OptimOptions),
-    "sam": Component(_optimizer(SAM), PerturbOptions),
+    "sam": Component(_optimizer(SAM), RuleOptions),
     "imbsam": Component(_optimizer(ImbSAM), ImbSAMOptions),
     "focal_sam": Component(_optimizer(FocalSAM), FocalSAMOptions),
     "cc_sam": Component(_optimizer(CCSAM), CCSAMOptions),
     "random_sam": Component(_optimizer(RandomSAM), RandomSAMOptions),   # the README's worked example
+    "gsam": Component(_optimizer(GSAM), GSAMOptions),
+    "looksam": Component(_optimizer(LookSAM), LookSAMOptions),
+    "rwp": Component(_optimizer(RWP), RWPOptions),
 }
 
 

@@ -23,7 +23,7 @@ the whole batch.
 """
 import contextlib
 from dataclasses import dataclass
-from typing import List, Literal, Sequence, Tuple
+from typing import ClassVar, List, Literal, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -75,6 +75,8 @@ class OptimOptions(Checked):
 
     # What the engine asks every optimizer (answered here for those without a radius).
     rho_milestones = ()
+    # Options that only the engine's per-epoch schedule reads (group_values), not the constructor.
+    schedule_keys: ClassVar[Tuple[str, ...]] = ("rho_milestones",)
 
     def group_values(self, lrs: Sequence[float]) -> List[dict]:
         """The param-group values of each epoch beside its learning rate lrs[e] (the engine sets
@@ -111,6 +113,11 @@ class RhoOptions(OptimOptions):
             require(f"rho_milestones[{i}]", epoch < epochs, f"epoch {epoch} must be < epochs={epochs}", epoch)
 
 
+# One key, three papers' alpha (each with its own default): the options table shows one doc per key.
+ALPHA_DOC = ("gsam: weight of the surrogate-gap ascent (default 0.4); looksam: weight of the reused orthogonal "
+             "component (0.7); rwp: weight of the perturbed loss, 1 = plain RWP (0.5)")
+
+
 @dataclass(frozen=True)
 class PerturbOptions(RhoOptions):
     """SAM and the methods that reweight it per class (one perturbation of all weights)."""
@@ -119,8 +126,8 @@ class PerturbOptions(RhoOptions):
 
 def constructor_args(options: OptimOptions) -> dict:
     """The keyword arguments of an optimizer's constructor: every option but the name and the
-    rho schedule (the engine sets each epoch's rho on the param groups)."""
-    return {k: v for k, v in vars(options).items() if k not in ("name", "rho_milestones")}
+    schedule's keys (the engine sets each epoch's rho on the param groups)."""
+    return {k: v for k, v in vars(options).items() if k != "name" and k not in options.schedule_keys}
 
 
 # ---------------------------------------------------------------------------------- the base class
@@ -218,15 +225,16 @@ class SharpnessOptimizer(torch.optim.Optimizer):
             p.grad = None if g is None else g[0]
         return [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
 
-    def perturb(self, model, params, rhos, u, rule):
+    def perturb(self, model, params, rhos, u, rule, skip=None):
         """eps = rule(u): u first summed over the replicas (perturbation="global") and unscaled
-        (fp16); None when the fp16 u overflowed (the scaler then skipped the step)."""
+        (fp16); None when the fp16 u overflowed (the scaler then skipped the step). `skip`:
+        stacked members whose perturbed pass does not count (optim/perturbations.py)."""
         if u is not None:
             if self.perturbation == "global":
                 self.sum_across_ranks(model, u)
             if not self.unscaled_or_skip(params, u, model):
                 return None
-        return rule(params, u, rhos, model)
+        return rule(params, u, rhos, model, skip)
 
     def forward(self, model, images, targets, criterion):
         """One forward pass (under autocast when asked): (logits, per-sample losses, fp32 at least)."""
@@ -343,7 +351,15 @@ class SharpnessOptimizer(torch.optim.Optimizer):
 
     def finish(self, model) -> None:
         """Sum the final gradient across ranks once, then the base SGD step (through the scaler)."""
+        self.sum_gradients(model)
+        self.base_step()
+
+    def sum_gradients(self, model) -> None:
+        """.grad summed across DDP's ranks (a no-op in one process)."""
         self.sum_across_ranks(model, [p.grad for p in self.trainable() if p.grad is not None])
+
+    def base_step(self) -> None:
+        """The base SGD step on .grad, through the fp16 scaler (which skips it on inf/NaN)."""
         if self.scaler.is_enabled():
             self.scaler.step(self.base_optimizer)
             self.scaler.update()

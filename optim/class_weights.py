@@ -7,6 +7,7 @@ L_v(w) = (1/b) sum_i v[y_i] l_i(w). These pure functions of the class counts cho
     SAM        a = 0                              c = 1
     ImbSAM     a = [n_k > eta]                    c = t [n_k <= eta]   (t = tail_weight, 1 as published)
     Focal-SAM  a = 1 - lam (1 - pi_k)^gamma       c = lam (1 - pi_k)^gamma,   pi_k = n_k / n
+    m-RWP      a = 1 - alpha                      c = alpha    (with RWP's random perturbation)
 
 Focal-SAM with gamma = 0, lam = 1 is SAM; as gamma grows, (1 - pi_k)^gamma falls fastest for the
 head classes, so the weights approach an ImbSAM-like split (Focal-SAM paper, section 4).
@@ -33,6 +34,18 @@ def sgd_weights(num_classes: int) -> Weights:
 
 def sam_weights(num_classes: int) -> Weights:
     return torch.zeros(num_classes, dtype=torch.float64), torch.ones(num_classes, dtype=torch.float64)
+
+
+def mixed_weights(num_classes: int, alpha: float) -> Weights:
+    """m-RWP's mixed loss (1 - alpha) L(w) + alpha L(w + eps): the same weights for every class
+    (Focal-SAM's with gamma = 0, lam = alpha)."""
+    check_mixing(alpha)
+    return torch.full((num_classes,), 1.0 - alpha, dtype=torch.float64), torch.full((num_classes,), alpha,
+                                                                                    dtype=torch.float64)
+
+
+def check_mixing(alpha: float) -> None:
+    require("alpha", 0 <= alpha <= 1, "must be in [0, 1] (m-RWP: weight of the perturbed loss; 1 = RWP)", alpha)
 
 
 def check_imbsam(eta: float, tail_weight: float) -> None:

@@ -37,6 +37,13 @@ def total_norm(tensors: Sequence[torch.Tensor], model) -> torch.Tensor:
     return member_norms(tensors) if members(model) else torch.nn.utils.get_total_norm(tensors)
 
 
+def total_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], model) -> torch.Tensor:
+    """<a, b> over all the tensors (a[i] paired with b[i]): a scalar, or (N,) per member."""
+    if members(model):
+        return torch.stack([(x * y).flatten(1).sum(1) for x, y in zip(a, b)]).sum(0)
+    return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
+
+
 def broadcast(factor: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """A scalar factor as it is; a per-member one (N,) shaped to multiply t (N, ...)."""
     return factor.view(-1, *[1] * (t.dim() - 1)) if factor.dim() else factor

@@ -33,3 +33,12 @@ def piecewise_rho(rho: float, milestones: Sequence[Tuple[int, float]], epochs: i
             current = todo.pop(0)[1]
         out.append(current)
     return out
+
+
+def proportional_rho(lrs: Sequence[float], rho_max: float, rho_min: float) -> List[float]:
+    """rho of each epoch tied to its learning rate (GSAM, Zhuang et al. ICLR 2022, Sec. 5):
+    rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min), with lr_max the
+    schedule's peak and lr_min = 0, the value the cosine schedule falls to (the authors' example
+    and big_vision's jax code take lr_min = 0 for a cosine to 0). A constant lr gives rho_max."""
+    peak = max(lrs, default=0.0)
+    return [rho_min + (rho_max - rho_min) * lr / peak if peak > 0 else rho_max for lr in lrs]

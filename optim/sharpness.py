@@ -1,4 +1,4 @@
-"""SGD, SAM, ImbSAM and Focal-SAM: one update with two per-class weight vectors.
+"""SGD, SAM, ImbSAM, Focal-SAM and m-RWP: one update with two per-class weight vectors.
 
 For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y_i] l_i(w):
 
@@ -9,8 +9,10 @@ For a batch of b samples with per-sample losses l_i and L_v(w) = (1/b) sum_i v[y
 `a` (clean part) and `c` (sharpness part) come from `optim.class_weights`: SGD a=1, c=0 (no
 perturbation: one forward, one backward); SAM a=0, c=1 (2 fwd, 2 bwd); ImbSAM a = head mask,
 c = tail mask (times `tail_weight`); Focal-SAM c = lam (1 - pi_k)^gamma, a = 1 - c (2 fwd,
-3 bwd). Focal-SAM with gamma=0, lam=1 is SAM. grad L_a(w) and u come from ONE forward pass (two
-backward passes through the same graph); the perturbed pass is the second forward. With
+3 bwd); m-RWP c = alpha, a = 1 - alpha for every class, with the `random` rule below. Focal-SAM
+with gamma=0, lam=1 is SAM (with gamma=0, lam=alpha, perturb=random it is m-RWP). grad L_a(w)
+and u come from ONE forward pass (two backward passes through the same graph); the perturbed
+pass is the second forward. With
 clean_backward="batched" those two backward passes are one: backward is linear in the per-sample
 weights, so autograd.grad(l, w, grad_outputs=[a[y]/b; c[y]/b], is_grads_batched=True) gives both
 gradients (vmap over the two weight rows), the same numbers as two passes. A batch whose sharpness
@@ -19,8 +21,9 @@ part is empty (ImbSAM with no tail sample) skips the perturbed pass: then g = gr
 Under DDP (optim/base.py) u is the gradient of the GLOBAL batch by default; with
 perturbation="local" each replica perturbs along its own gradient. g is summed across ranks once.
 
-eps = rho u / ||u|| is the `sam` perturbation rule; `perturb` picks another (optim/perturbations.py),
-which leaves the weighting above as it is. The plumbing (fp16 loss scaling, DDP sums, stacked
+eps = rho u / ||u|| is the `sam` perturbation rule; `perturb` picks another (optim/perturbations.py:
+asam, friendly, random), which leaves the weighting above as it is; a rule that reads no gradient
+(random) skips the ascent backward pass. The plumbing (fp16 loss scaling, DDP sums, stacked
 models, BatchNorm in the perturbed pass) sits in named helpers of optim/base.py and
 optim/members.py; the class below is the update itself.
 
@@ -34,25 +37,27 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from core.options import opt
-from optim.base import PerturbOptions, SharpnessOptimizer, check_choice
-from optim.class_weights import (ClassWeights, check_focal_sam, check_imbsam, focal_sam_weights, imbsam_weights,
-                                 sam_weights, sgd_weights)
+from optim.base import ALPHA_DOC, PerturbOptions, SharpnessOptimizer, check_choice
+from optim.class_weights import (ClassWeights, check_focal_sam, check_imbsam, check_mixing, focal_sam_weights,
+                                 imbsam_weights, mixed_weights, sam_weights, sgd_weights)
 from optim.members import members, sharp_members
-from optim.perturbations import build_rule
+from optim.perturbations import RuleOptions, build_rule, check_rule_mode, pop_rule_options
 
 
 class WeightedSAM(SharpnessOptimizer):
     """The one update: Focal-SAM's Algorithm 1 with per-class weights a (clean part) and c
     (sharpness part) of any of the methods above. `clean_weight` / `sharp_weight`: vectors (C,) or
-    scalars."""
+    scalars; `perturb` and its options (`asam_eta`, ...): the rule (optim/perturbations.py)."""
     stackable = True
 
     def __init__(self, params, lr: float, clean_weight, sharp_weight, clean_backward: str = "separate",
                  perturb: str = "sam", **kwargs):
         check_choice("clean_backward", clean_backward, ("separate", "batched"))
+        rule = build_rule(perturb, **pop_rule_options(kwargs))
         super().__init__(params, lr, **kwargs)
+        check_rule_mode(perturb, self.perturbation)
         self.weights = ClassWeights(clean_weight, sharp_weight)
-        self.rule = build_rule(perturb)
+        self.rule = rule
         self.batched = clean_backward == "batched"
 
     @property
@@ -71,7 +76,7 @@ class WeightedSAM(SharpnessOptimizer):
             if sharp:
                 params, rhos = self.perturbed(model)
                 u = self.ascent_gradient(params, losses, a, c, b, clean) if self.rule.needs_gradient else None
-                eps = self.perturb(model, params, rhos, u, self.rule)  # rho u / ||u||, Eq. 7  (line 5)
+                eps = self.perturb(model, params, rhos, u, self.rule, skip)  # rho u / ||u||, Eq. 7  (line 5)
                 if eps is None:                                      # fp16: u overflowed, the scaler skipped the step
                     return losses.detach().mean(-1), logits.detach()
             if clean and not (sharp and self.batched and u is not None):
@@ -95,6 +100,14 @@ class WeightedSAM(SharpnessOptimizer):
         perturbed pass is skipped): fixed by the class weights; ImbSAM looks at each batch."""
         return self.global_batch_size(model, a), self.weights.clean, self.weights.sharp, None
 
+    def state_dict(self) -> dict:
+        """The base state and the rule's (F-SAM's EMA, the random rule's count)."""
+        return {**super().state_dict(), "rule": self.rule.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.rule.load_state_dict(state_dict.get("rule", {}))
+
 
 class SGD(WeightedSAM):
     """Plain SGD behind the same `step(model, images, targets, criterion)` interface."""
@@ -115,7 +128,7 @@ class SAM(WeightedSAM):
 
 
 @dataclass(frozen=True)
-class TwoPartOptions(PerturbOptions):
+class TwoPartOptions(RuleOptions):
     """Methods with both a clean and a sharpness part at w (ImbSAM, Focal-SAM)."""
     clean_backward: Literal["separate", "batched"] = opt(
         "separate", "grad L_a(w) and u: two backward passes, or one batched backward (same numbers)")
@@ -178,3 +191,28 @@ class FocalSAM(WeightedSAM):
                  lam: float = 1.0, **kwargs):
         a, c = focal_sam_weights(class_counts, gamma, lam)
         super().__init__(params, lr, a, c, rho=rho, **kwargs)
+
+
+@dataclass(frozen=True)
+class RWPOptions(PerturbOptions):
+    rho: float = opt(0.01, "rwp: RWP's gamma, the noise's standard deviation relative to each filter's norm")
+    alpha: float = opt(0.5, ALPHA_DOC)
+    random_seed: int = opt(0, "perturb random (and rwp): seed of the noise, >= 0")
+
+    def check(self) -> None:
+        super().check()
+        check_mixing(self.alpha)
+        build_rule("random", random_seed=self.random_seed)
+
+
+class RWP(WeightedSAM):
+    """m-RWP (Li et al. 2022, nblt/RWP): (1 - alpha) grad L(w) + alpha grad L(w + eps) with RWP's
+    filter-wise Gaussian eps (the `random` rule; rho is its gamma, 0.01 in its CIFAR recipe):
+    the weighting a = 1 - alpha, c = alpha for every class. alpha = 1 is plain RWP. Its official
+    code computes the two gradients on two GPUs, each on its own batch; here both use the batch."""
+
+    def __init__(self, params, lr: float, rho: float = 0.01, alpha: float = 0.5, random_seed: int = 0,
+                 class_counts: Optional[Sequence] = None, **kwargs):
+        a, c = mixed_weights(len(class_counts), alpha) if class_counts is not None else (1.0 - alpha, alpha)
+        check_mixing(alpha)
+        super().__init__(params, lr, a, c, rho=rho, perturb="random", random_seed=random_seed, **kwargs)

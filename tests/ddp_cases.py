@@ -1,12 +1,17 @@
 """The optimizer cases shared by the DDP worker and its test (same batches, same settings)."""
 import torch
 
-from optim import CCSAM, SAM, SGD, FocalSAM, ImbSAM
+from optim import CCSAM, GSAM, RWP, SAM, SGD, FocalSAM, ImbSAM, LookSAM
 
 COUNTS = [400, 120, 30, 8]
 CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam", "global"), ("cc_sam", "global"),
          ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local"),
-         ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local")]
+         ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local"),
+         # the SAM family (issue 25): perturbation rules on a weighting, GSAM, LookSAM, m-RWP
+         ("sam_asam", "global"), ("focal_sam_friendly", "global"), ("imbsam_random", "global"), ("rwp", "global"),
+         ("gsam", "global"), ("gsam", "local"), ("looksam", "global")]
+RULES = {"asam": dict(perturb="asam", asam_eta=0.05), "friendly": dict(perturb="friendly", friendly_momentum=0.7),
+         "random": dict(perturb="random", random_seed=3)}
 KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
@@ -17,6 +22,15 @@ def make_optimizer(name, model, mode, bn_mode="update"):
     common = dict(KW, perturbation=mode, bn_mode=bn_mode)
     if name.endswith("_batched"):    # the clean gradient and u from one batched backward
         name, common = name[:-len("_batched")], dict(common, clean_backward="batched")
+    if name.rpartition("_")[2] in RULES:   # a weighting with a perturbation rule: sam_asam, ...
+        name, _, rule = name.rpartition("_")
+        common = dict(common, **RULES[rule])
+    if name == "gsam":
+        return GSAM(p, rho=0.3, alpha=0.5, **common)
+    if name == "looksam":
+        return LookSAM(p, rho=0.3, alpha=0.7, k=2, **common)
+    if name == "rwp":
+        return RWP(p, rho=0.05, alpha=0.5, random_seed=3, **common)
     if name == "sam":
         return SAM(p, rho=0.3, **common)
     if name == "imbsam":

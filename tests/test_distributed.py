@@ -14,6 +14,7 @@ from ddp_cases import CASES, COUNTS, NORM_CASES, batches, drw_weights_loss, imag
 from optim.class_weights import focal_sam_weights, imbsam_weights
 from reference import (ConvBN, ConvGN, MLP, ccsam_grads, per_sample_ce, sgd_update, sum_over_shards,
                        weighted_sam_grads)
+from reference_sam_family import gsam_grads
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -55,6 +56,9 @@ def local_reference(name, world=2):
         if name == "cc_sam":
             g = sum_over_shards(ccsam_grads, x, y, world, model=model, params=params, counts=COUNTS, rho=0.5,
                                 ratio=0.3, rule="plain")
+        elif name == "gsam":     # each replica corrects its own gradients (the official per-worker GSAM)
+            g = sum_over_shards(gsam_grads, x, y, world, model=model, params=params, a=WEIGHTS["sam"][0],
+                                c=WEIGHTS["sam"][1], rho=0.3, alpha=0.5)
         else:
             a, c = WEIGHTS[name]
             g = sum_over_shards(weighted_sam_grads, x, y, world, model=model, params=params, a=a, c=c, rho=0.3)
