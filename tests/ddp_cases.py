@@ -1,12 +1,13 @@
 """The optimizer cases shared by the DDP worker and its test (same batches, same settings)."""
 import torch
 
-from optim import CCSAM, SAM, SGD, FocalSAM, ImbSAM
+from optim import CCSAM, SAM, SGD, SSESAM, FocalSAM, ImbSAM
 
 COUNTS = [400, 120, 30, 8]
 CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam", "global"), ("cc_sam", "global"),
          ("sam", "local"), ("focal_sam", "local"), ("cc_sam", "local"),
-         ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local")]
+         ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local"),
+         ("sse_sam", "global"), ("sse_sam_batched", "global")]
 KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
@@ -23,6 +24,8 @@ def make_optimizer(name, model, mode, bn_mode="update"):
         return ImbSAM(p, rho=0.3, eta=100, class_counts=COUNTS, **common)
     if name == "focal_sam":
         return FocalSAM(p, rho=0.3, gamma=2.0, lam=0.8, class_counts=COUNTS, **common)
+    if name == "sse_sam":            # stage 1: the head and the tail each at its own perturbed point
+        return SSESAM(p, rho=0.3, head_rho=0.2, eta=100, class_counts=COUNTS, **common)
     return CCSAM(p, rho=0.5, ratio=0.3, radius="plain", class_counts=COUNTS, **common)
 
 
