@@ -43,11 +43,12 @@ eps = 0 and weight 0, their BatchNorm statistics kept as they were.
 """
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Literal, Sequence
 
 import torch
 
 from core.options import opt, require
+from optim.base import PerturbOptions
 from optim.class_weights import _counts
 from optim.members import members, sharp_members
 from optim.sharpness import ImbSAM, TwoPartOptions, WeightedSAM
@@ -81,12 +82,17 @@ def head_rho_at(head_rho: float, gamma: float, epochs: int) -> List[float]:
 
 
 @dataclass(frozen=True)
-class SSESAMOptions(TwoPartOptions):
+class SSESAMOptions(PerturbOptions):
+    """PerturbOptions, not the options of a perturbation rule: each group is perturbed by SAM's
+    rule, as in the code (a rule with state, F-SAM's EMA of u, would see both groups' u in turn)."""
     rho: float = opt(0.1, "SSE-SAM: rho_tail, the tail classes' radius in both stages (code: --tail_rho)")
     head_rho: float = opt(0.05, "SSE-SAM: rho_head, the head classes' radius in stage 1 (code: --head_rho)")
     gamma: float = opt(0.7, "SSE-SAM: fraction of the epochs in stage 1, in [0, 1]; stage 2 from epoch "
                             "ceil(gamma * epochs) (code: --gamma)")
     eta: float = opt(100.0, "SSE-SAM: tail = classes with n_k < eta, strictly (code: --eta)")
+    clean_backward: Literal["separate", "batched"] = opt(
+        "separate", "SSE-SAM: u_h and u_t from two backward passes, or one batched backward (same numbers)")
+    why_not_compiled = TwoPartOptions.why_not_compiled   # vmap over a compiled backward: no batching rule
 
     def check(self) -> None:
         super().check()
