@@ -391,16 +391,27 @@ def options_table() -> str:
     checks), so defaults and docs have one source: the options classes."""
     lines = ["| key | default | read by | meaning |", "|---|---|---|---|"]
     for name, sec in SECTIONS.items():
-        rows: dict = {k: [d, ["all"], doc] for k, d, doc in describe(sec.base)}
+        rows: dict = {k: [[d, ["all"], doc]] for k, d, doc in describe(sec.base)}
         for comp_name, comp in sec.registry.items():
             common = tuple(f.name for f in dataclasses.fields(sec.base))
             for k, d, doc in describe(comp.options, skip=common):
-                rows.setdefault(k, [d, [], doc])[1].append(comp_name)
-        lines += [f"| `{name}.{k}` | `{_show(d)}` | {', '.join(users)} | {doc} |" for k, (d, users, doc) in rows.items()]
+                _add_reader(rows.setdefault(k, []), comp_name, d, doc)
+        lines += [f"| `{name}.{k}` | `{_show(d)}` | {', '.join(users)} | {doc} |"
+                  for k, variants in rows.items() for d, users, doc in variants]
     lines += [f"| `train.{f.name}` | `{_show(f.default)}` | all | {f.metadata.get('doc', '')} |"
               for f in dataclasses.fields(TrainConfig)]
     lines.append("| `seed` | `0` | all | seeds the model initialisation, data order and augmentation |")
     return "\n".join(lines)
+
+
+def _add_reader(variants: list, component: str, default, doc: str) -> None:
+    """One row per (default, doc) of a key: components that give a key their own meaning or
+    default (sse_sam's gamma beside focal_sam's) get a row of their own under the first."""
+    for row in variants:
+        if row[0] == default and row[2] == doc:
+            row[1].append(component)
+            return
+    variants.append([default, [component], doc])
 
 
 def _show(value) -> str:

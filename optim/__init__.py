@@ -1,6 +1,6 @@
 """Optimizer registry and the library API.
 
-    from optim import SGD, SAM, ImbSAM, CCSAM, FocalSAM, GSAM, LookSAM, RWP
+    from optim import SGD, SAM, ImbSAM, CCSAM, FocalSAM, GSAM, LookSAM, RWP, SSESAM
     opt = FocalSAM(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
                    rho=0.2, gamma=3.0, lam=0.5, class_counts=counts)    # perturb="asam": ASAM's rule
     loss, logits = opt.step(model, images, targets, criterion)   # criterion -> per-sample losses
@@ -21,6 +21,7 @@ from optim.perturbations import RuleOptions
 from optim.random_sam import RandomSAM, RandomSAMOptions
 from optim.schedules import cosine_lr, piecewise_rho, proportional_rho
 from optim.sharpness import RWP, SAM, SGD, FocalSAM, FocalSAMOptions, ImbSAM, ImbSAMOptions, RWPOptions, WeightedSAM
+from optim.ssesam import SSESAM, SSESAMOptions
 
 
 def _build(cls, o, params, counts, amp):
@@ -38,6 +39,7 @@ OPTIMIZERS = {
     "imbsam": Component(_optimizer(ImbSAM), ImbSAMOptions),
     "focal_sam": Component(_optimizer(FocalSAM), FocalSAMOptions),
     "cc_sam": Component(_optimizer(CCSAM), CCSAMOptions),
+    "sse_sam": Component(_optimizer(SSESAM), SSESAMOptions),
     "random_sam": Component(_optimizer(RandomSAM), RandomSAMOptions),   # the README's worked example
     "gsam": Component(_optimizer(GSAM), GSAMOptions),
     "looksam": Component(_optimizer(LookSAM), LookSAMOptions),

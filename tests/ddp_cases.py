@@ -1,7 +1,7 @@
 """The optimizer cases shared by the DDP worker and its test (same batches, same settings)."""
 import torch
 
-from optim import CCSAM, GSAM, RWP, SAM, SGD, FocalSAM, ImbSAM, LookSAM
+from optim import CCSAM, GSAM, RWP, SAM, SGD, SSESAM, FocalSAM, ImbSAM, LookSAM
 
 COUNTS = [400, 120, 30, 8]
 CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam", "global"), ("cc_sam", "global"),
@@ -9,7 +9,8 @@ CASES = [("sgd", "global"), ("sam", "global"), ("imbsam", "global"), ("focal_sam
          ("imbsam_batched", "global"), ("focal_sam_batched", "global"), ("focal_sam_batched", "local"),
          # the SAM family (issue 25): perturbation rules on a weighting, GSAM, LookSAM, m-RWP
          ("sam_asam", "global"), ("focal_sam_friendly", "global"), ("imbsam_random", "global"), ("rwp", "global"),
-         ("gsam", "global"), ("gsam", "local"), ("looksam", "global")]
+         ("gsam", "global"), ("gsam", "local"), ("looksam", "global"),
+         ("sse_sam", "global"), ("sse_sam_batched", "global")]
 RULES = {"asam": dict(perturb="asam", asam_eta=0.05), "friendly": dict(perturb="friendly", friendly_momentum=0.7),
          "random": dict(perturb="random", random_seed=3)}
 KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -37,6 +38,8 @@ def make_optimizer(name, model, mode, bn_mode="update"):
         return ImbSAM(p, rho=0.3, eta=100, class_counts=COUNTS, **common)
     if name == "focal_sam":
         return FocalSAM(p, rho=0.3, gamma=2.0, lam=0.8, class_counts=COUNTS, **common)
+    if name == "sse_sam":            # stage 1: the head and the tail each at its own perturbed point
+        return SSESAM(p, rho=0.3, head_rho=0.2, eta=100, class_counts=COUNTS, **common)
     return CCSAM(p, rho=0.5, ratio=0.3, radius="plain", class_counts=COUNTS, **common)
 
 

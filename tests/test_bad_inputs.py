@@ -120,6 +120,8 @@ VALUE_CASES = [
     (["optim.rho=-0.1"], "optim.rho: must be >= 0"),
     (["optim.rho_milestones=[[1, .nan]]"], "optim.rho_milestones[0]: rho must be a finite number"),
     (["optim.name=imbsam", "~optim.gamma", "~optim.lam", "optim.eta=-1"], "optim.eta: must be >= 0"),
+    (["optim.name=sse_sam", "~optim.lam", "optim.gamma=1.5"], "optim.gamma: must be in [0, 1]"),
+    (["optim.name=sse_sam", "~optim.lam", "optim.head_rho=-0.05"], "optim.head_rho: must be >= 0"),
     (["loss.name=vs", "loss.gamma=-1"], "loss.gamma: must be >= 0"),
     (["loss.name=ldam", "model.classifier=cosine", "loss.s=0"], "loss.s: must be > 0"),
     (["loss.name=ldam", "model.classifier=cosine", "loss.max_m=-0.5"], "loss.max_m: must be >= 0"),
