@@ -1,4 +1,5 @@
 """Shared test helpers: CIFAR pickles in the real on-disk format, tiny configs, CLI runner."""
+import importlib
 import os
 import pickle
 import subprocess
@@ -195,3 +196,20 @@ def cuda_graphs_on_cpu(monkeypatch):
                         lambda opt, amp, device, distributed: real(opt, amp, torch.device("cuda"), distributed))
     monkeypatch.setattr(engine.capture, "record_cuda_graph", stand_in_record)
     monkeypatch.setattr(engine.capture, "_cuda_side_stream", NoSideStream)
+
+
+def script(name: str):
+    """scripts/<name>.py as a module (pytest.ini puts scripts/ on the path), so that CLI checks
+    call main(argv) in this process: a new Python process costs seconds of imports."""
+    return importlib.import_module(name)
+
+
+def counts_for(cfg):
+    """The config's training counts; for ImageNet-LT / iNaturalist without their (unshipped) train
+    list, a long-tailed profile with the right number of classes (enough to build and step)."""
+    from data import class_counts_only
+    from data.arrays import long_tailed_counts
+    from data.large import PRESETS as LIST_PRESETS
+    if cfg.data.name in LIST_PRESETS and not os.path.isfile(os.path.join(ROOT, cfg.data.train_list)):
+        return long_tailed_counts(1280, cfg.data.num_classes, 256)
+    return class_counts_only(cfg.data)

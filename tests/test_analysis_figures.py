@@ -2,15 +2,11 @@
 (with reuse of finished analyses), the ablation sweep's plan and plot."""
 import csv
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import figures  # noqa: E402
+import figures
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -2,12 +2,11 @@
 each command-line entry point (train.py, eval.py, analyze.py, every script in scripts/)."""
 import argparse
 import glob
-import importlib.util
 import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, script
 from core.args import at_least, finite_float, integer_in, positive_seconds, seed
 
 
@@ -42,10 +41,8 @@ def entry_points():
 
 
 def load(path):
-    spec = importlib.util.spec_from_file_location(f"entry_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The program as a module: the root and scripts/ are on the path (pytest.ini)."""
+    return script(os.path.basename(path)[:-3])
 
 
 @pytest.mark.parametrize("path", list(entry_points()))

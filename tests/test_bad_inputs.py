@@ -9,7 +9,6 @@ to a process group with loader workers.
 """
 import contextlib
 import errno
-import importlib.util
 import json
 import os
 import pickle
@@ -30,24 +29,17 @@ import engine.build
 import engine.trainer as trainer
 import eval as eval_cli
 import train as train_cli
-from conftest import write_tree, ROOT, TINY, write_cifar
+from conftest import script, write_tree, ROOT, TINY, write_cifar
 from engine.locks import folder_lock
 from engine.loaders import quiet_worker
 
 MAX_LINE = 500   # "short": one line a terminal shows whole, with two temporary paths in it
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-inat = load_script("make_inat2018_lists")
-imagenet = load_script("get_imagenet_lt_list")
-run_table = load_script("run_table")
-bench_step = load_script("bench_step")
+inat = script("make_inat2018_lists")
+imagenet = script("get_imagenet_lt_list")
+run_table = script("run_table")
+bench_step = script("bench_step")
 
 
 def call(main, argv, capsys):
@@ -205,7 +197,6 @@ def test_run_folder_is_checked_before_any_work(tiny, tmp_path, capsys):
     assert sorted(os.listdir(home)) == ["thesis.tex"]                  # not even a lock file left in it
     assert_one_line(train(capsys, "--config", tiny, "--out", "/sys/lt-sam-test"), "cannot write in",
                     "Operation not permitted")
-
 
 
 def test_a_file_system_without_locks_is_named(tiny, tmp_path, capsys, monkeypatch):

@@ -8,13 +8,12 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, counts_for
 from engine.config import load_config
 from engine.epoch_values import EpochValues
 from losses import build_loss
 from models import build_model
 from optim import build_optimizer
-from test_configs import counts_for
 
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "clip", "*", "*.yaml"))
                  if "_base" not in p)

@@ -2,17 +2,15 @@
 scripts/ood_tables.py (Tables 4 and 7 from the runs' ood.json files)."""
 import json
 import os
-import sys
 
 import pytest
 import yaml
 
+import ood_tables
 from conftest import ROOT
 from repro import spec
 
 SPEC = os.path.join(ROOT, "repro", "tables_foundation.yaml")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import ood_tables  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
-from data import class_counts_only
-from data.large import PRESETS as LIST_PRESETS
-from data.arrays import long_tailed_counts
+from conftest import ROOT, counts_for
 from engine.config import load_config
 from engine.build import build_run
 
@@ -18,14 +15,6 @@ from engine.build import build_run
 # on the tiny random CLIP instead.
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
                  if "_base" not in p and not os.path.relpath(p, ROOT).startswith(os.path.join("configs", "clip")))
-
-
-def counts_for(cfg):
-    """The config's training counts; for ImageNet-LT / iNaturalist without their (unshipped) train
-    list, a long-tailed profile with the right number of classes (enough to build and step)."""
-    if cfg.data.name in LIST_PRESETS and not os.path.isfile(os.path.join(ROOT, cfg.data.train_list)):
-        return long_tailed_counts(1280, cfg.data.num_classes, 256)
-    return class_counts_only(cfg.data)
 
 
 def test_there_is_a_config_per_row():

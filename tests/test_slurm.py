@@ -8,7 +8,6 @@ that the job comes back, resumes from last.pt and ends with exactly the weights,
 table of the same table run by the local launcher (float32 on one machine with one thread is
 bit-reproducible, and the trainer's resume is exact)."""
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import script, ROOT
 from repro import slurm, spec
 
 SPEC = os.path.join(ROOT, "tests", "data", "tables_slurm.yaml")
@@ -26,14 +25,6 @@ CLUSTER_SCRIPT = os.path.join(ROOT, "scripts", "slurm_local.sh")
 TABLE = ["--spec", SPEC, "--table", "7", "--seeds", "0 1", "--stack-seeds"]
 SLURM = ["--launcher", "slurm", "--gpus-per-node", "0", "--cpus-per-gpu", "1", "--mem-per-gpu", "1", "--time", "20"]
 WAIT_S = 600   # a guard against a hang only: the table takes well under a minute on a quiet machine
-
-
-def script(name):
-    path = os.path.join(ROOT, "scripts", f"{name}.py")
-    module_spec = importlib.util.spec_from_file_location(f"script_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def call(name, argv, capsys):

@@ -1,7 +1,6 @@
 """Split lists: the parser's errors, the checks against the public releases, the ImageNet-LT
 download (network replaced) and the iNaturalist 2018 converter, on small files in the real
 formats written here, with the expected lines written by hand."""
-import importlib.util
 import json
 import os
 import types
@@ -10,22 +9,15 @@ import urllib.error
 import pytest
 
 import data.download
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import script, assert_one_line_error, run_cli
 from data.download import write_atomic
 from data.split_lists import (IMAGENET_LT_TRAIN, INAT2018_VAL, Expected, check_split, first_difference,
                               format_list, read_list, summary)
 from core.errors import UserError
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-imagenet = load_script("get_imagenet_lt_list")
-inat = load_script("make_inat2018_lists")
+imagenet = script("get_imagenet_lt_list")
+inat = script("make_inat2018_lists")
 
 
 def write(folder, name: str, text: str) -> str:

@@ -2,7 +2,6 @@
 make_tables' report. The paper's numbers are checked against values read off the paper by hand
 here (spot checks of every table) and against each other (Tables 8-10 repeat Tables 2, 3, 6)."""
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -12,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import script, ROOT
 from data import class_counts_only
 from data.large import PRESETS as LIST_PRESETS
 from data.arrays import long_tailed_counts
@@ -30,16 +29,6 @@ ACCURACY = ("2", "3", "5", "6", "8", "9", "10")
 @pytest.fixture(scope="module")
 def tables():
     return spec.load_tables()
-
-
-def script(name):
-    """scripts/<name>.py as a module, so that most CLI checks run in this process (a new Python
-    process costs seconds of imports)."""
-    path = os.path.join(ROOT, "scripts", f"{name}.py")
-    module_spec = importlib.util.spec_from_file_location(f"script_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def call(name, argv, capsys):
