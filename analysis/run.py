@@ -1,6 +1,6 @@
 """Load a trained run for analysis: its config, training data without augmentation, the model
 with the checkpoint's weights, and the per-sample training loss. `load_run` is the one place that
-assembles these (the engine's own assembly could replace its body)."""
+assembles these, on the engine's one way back from a checkpoint (engine.evaluation.load_trained)."""
 import dataclasses
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,19 +47,6 @@ class LoadedRun:
                 "class_counts": self.class_counts, "class_names": self.class_names}
 
 
-def resolve_device(requested: str) -> torch.device:
-    """auto: the first CUDA GPU when one is visible, else the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device {requested}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: no CUDA GPU is visible; use --device cpu")
-    return device
-
-
 def run_paths(path: str, config: Optional[str] = None) -> Tuple[str, str, str]:
     """A run folder or a checkpoint file -> (folder, checkpoint, config.yaml)."""
     if not os.path.exists(path):
@@ -89,6 +76,7 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     # Imported here: the engine pulls in torchvision (seconds to import), which --help, argument
     # errors and a mistyped run folder need not wait for.
     from engine.config import load_config
+    from engine.distributed import pick_device
     from engine.evaluation import load_trained
     from engine.metrics import group_masks
     from losses.drw import drw_weights
@@ -97,8 +85,8 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
         raise UserError(f"class weights must be one of {', '.join(CLASS_WEIGHTS)}, got {class_weights!r}")
     folder, checkpoint, config_path = run_paths(path, config)
     cfg = load_config(config_path, list(overrides))
-    dev = resolve_device(device)
-    trained = load_trained(dataclasses.replace(cfg, data=_analysis_data(cfg.data)), checkpoint, dev)
+    dev = pick_device(device, option="--device")
+    trained = load_trained(dataclasses.replace(cfg, data=cfg.data.in_process()), checkpoint, dev)
     run = trained.run
     splits, counts, model, criterion = run.splits, run.class_counts, run.model, run.criterion
     _no_augmentation(splits.train)
@@ -108,14 +96,6 @@ def load_run(path: str, overrides: Sequence[str] = (), device: str = "auto", cla
     masks = group_masks(counts, cfg.data.head_threshold, cfg.data.tail_threshold)
     return LoadedRun(folder, checkpoint, cfg, model, criterion, splits.train, counts, list(splits.class_names),
                      masks, epochs, dev)
-
-
-def _analysis_data(data_cfg):
-    """The data section without augmentation; JPEGs decoded in the process (no device stage)."""
-    changes = dict(augment=False, num_workers=0)
-    if getattr(data_cfg, "decode", None) == "device":   # only the list datasets have the key
-        changes["decode"] = "pil"
-    return dataclasses.replace(data_cfg, **changes)
 
 
 def _no_augmentation(dataset) -> None:

@@ -4,7 +4,7 @@ Both read `<relative path> <label>` split lists (data_txt/, data/split_lists.py)
 `data.root`, and differ only in normalisation, colour jitter and how the train list is made.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import List, Literal, Tuple
 
@@ -30,6 +30,9 @@ class ListOptions(DataOptions):
         super().check()
         check_num_classes(self.num_classes)
         check_image_size(self.image_size)
+
+    def in_process(self) -> "ListOptions":
+        return replace(super().in_process(), decode="pil" if self.decode == "device" else self.decode)
 
 
 @dataclass(frozen=True)

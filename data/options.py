@@ -1,5 +1,5 @@
 """The keys every dataset's config section has, and what every dataset builder returns."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Literal
 
 from core.options import Checked, opt, require
@@ -51,6 +51,11 @@ class DataOptions(Checked):
         """How this set reaches the model: "workers" (a DataLoader with CPU workers) for sets
         read from files; in-memory sets may live on the device instead."""
         return "workers"
+
+    def in_process(self) -> "DataOptions":
+        """These options without augmentation and with every image prepared in this process (no
+        workers, no device stage): what an analysis of a trained run reads."""
+        return replace(self, augment=False, num_workers=0)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from core.collectives import all_reduce_sum_, broadcast_buffers, gather_variable, is_initialized  # noqa: F401 (re-exported for the engine)
+from core.devices import pick_device  # noqa: F401 (re-exported for the scripts)
 
 
 @dataclass(frozen=True)
@@ -43,30 +44,6 @@ def env_rank() -> int:
 def restart_count() -> int:
     """How many times torchrun has restarted this worker group (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    from core.errors import UserError
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use train.device=cpu or auto")
-        device = torch.device("cuda", local_rank) if requested == "cuda" else _device(requested)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {requested}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-        return device
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise UserError("train.device is 'mps' but this machine has no Apple GPU; use train.device=cpu or auto")
-    return _device(requested)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        from core.errors import UserError
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def init_distributed(requested_device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:

@@ -52,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import UserError, mismatch_reason
+from core.devices import pick_device
 from models.adapters import AdaptFormer, add_adaptformer, lift_adapter_dim
 from core.options import opt, require
 from models.heads import Classifier, ModelOptions
@@ -345,7 +346,7 @@ def build_clip_classifier(cfg, num_classes: int, class_names: Optional[Sequence[
                         "none (class_0, class_1, ...); set data.class_names to the dataset's names file")
     quick_gelu = resolve_activation(cfg.activation, weights) == "quick_gelu"
     clip = build_open_clip(arch, weights, quick_gelu, cfg.precision)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = pick_device("auto")
     # fp16: the head rows are computed in fp32 and rounded once (the official code computes them
     # with its fp16 text tower; the two differ by rounding only).
     head = text_head_weights(clip, class_names, cfg.prompts, device)

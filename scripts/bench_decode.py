@@ -85,7 +85,7 @@ def main(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=at_least(1), default=128)
     ap.add_argument("--workers", type=at_least(0), nargs="*", default=[1, 2])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible), cpu, cuda or cuda:N")
     ap.add_argument("--root", help="reuse/keep the JPEG tree here (default: a temporary folder)")
     args = ap.parse_args(argv)
     with user_errors():
@@ -93,7 +93,7 @@ def main(argv=None):
 
 
 def run(args) -> None:
-    device = pick_device(args.device)
+    device = pick_device(args.device, option="--device")
     torch.set_num_threads(1)   # one worker = one thread of decode work
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or tmp

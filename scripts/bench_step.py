@@ -354,7 +354,7 @@ def optimizer_names(text: str) -> list:
 def run_benchmark(args) -> None:
     if args.json:
         check_report_path(args.json, "", "--json")   # before the minutes of timing
-    device = pick_device(args.device)
+    device = pick_device(args.device, option="--device")
     cfgs = row_configs(args.dataset, args.optimizers, args.set, args.also)
     modes = {"step": step_mode, "epoch": epoch_mode, "throughput": throughput_mode, "worker": worker_mode}
     rows = modes[args.mode](args, cfgs, device)

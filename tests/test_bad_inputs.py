@@ -470,7 +470,7 @@ def test_table_runner_checks_everything_before_launching(tmp_path, capsys):
 def test_benchmark_mistakes(tmp_path, capsys):
     assert_one_line(call(bench_step.main, ["--steps", "0"], capsys), "--steps", "expected an integer >= 1")
     assert_one_line(call(bench_step.main, ["--optimizers", "sgd,adam"], capsys), "--optimizers")
-    assert_one_line(call(bench_step.main, ["--device", "tpu"], capsys), "unknown device 'tpu'")
+    assert_one_line(call(bench_step.main, ["--device", "tpu"], capsys), "--device 'tpu': unknown device")
     assert_one_line(call(bench_step.main, ["--json", tmp_path], capsys), "--json", "is a folder")
     assert_one_line(call(bench_step.main, ["--set", "optim.lr=-1"], capsys), "optim.lr: must be > 0")
 
