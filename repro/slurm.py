@@ -38,6 +38,14 @@ SIGNAL_DELAY_S = 90            # SLURM's warning before the time limit: the job 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESV_DEL_HOLD",
           "RESIZING", "SIGNALING", "STAGE_OUT"}
 RUNNING = {"RUNNING", "COMPLETING"}
+# Pending reasons that no amount of waiting resolves: the job asks for more than its partition or
+# account allows (more CPUs, GPUs, nodes or time than the partition's nodes have or its limits
+# let through). squeue keeps such a job PENDING for ever; --wait reports it instead of waiting.
+NEVER_STARTS = {"PartitionConfig": "it asks for more CPUs, GPUs or memory than a node of its partition has",
+                "PartitionNodeLimit": "it asks for more nodes than its partition allows",
+                "PartitionTimeLimit": "its --time is above its partition's limit",
+                "BadConstraints": "no node satisfies its constraints",
+                "InvalidAccount": "its account is not valid", "InvalidQOS": "its QOS is not valid"}
 STOPPED = {143, -15, 137, -9}  # SIGTERM / SIGKILL: requeue, preemption or scancel; the checkpoint stays
 FASTEST_GPU = 3.0              # the time check assumes no GPU runs an epoch more than 3x an RTX 3090
 
@@ -339,7 +347,7 @@ def _write_failed(folder: str, message: str) -> None:
 class State:
     """Where a run stands for the slurm launcher."""
     run: Run
-    state: str                 # done | queued | running | failed | new (never submitted by this launcher)
+    state: str                 # done | queued | stuck (queued for ever) | running | failed | new (not submitted)
     detail: str = ""
     job_id: Optional[str] = None
 
@@ -386,6 +394,8 @@ def states(runs: Sequence[Run], out_root: str) -> List[State]:
 def _unfinished(run: Run, folder: str, rec: dict, queue) -> State:
     job_id = rec["job_id"]
     slurm_state, reason = queue.get(job_id, ("", ""))
+    if slurm_state in QUEUED and reason in NEVER_STARTS:
+        return State(run, "stuck", f"{reason}: {NEVER_STARTS[reason]}; it will never start", job_id)
     if slurm_state in QUEUED:
         return State(run, "queued", reason, job_id)
     if slurm_state in RUNNING:

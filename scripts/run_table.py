@@ -178,7 +178,8 @@ def slurm_main(args, runs, chosen, out_root, bench_args, stack_seeds) -> int:
 
 
 def wait_for(runs, out_root, poll: float):
-    """Poll squeue until no run is queued or running; print a line when the counts change."""
+    """Poll squeue until no run is queued or running (a job that can never start does not count as
+    queued: waiting for it would be for ever); print a line when the counts change."""
     from repro import slurm
     said = None
     try:
@@ -200,11 +201,14 @@ def wait_for(runs, out_root, poll: float):
 def slurm_report(states, chosen, out_root, args) -> int:
     """What finished, and where each other run stands (queued, running, failed with its log)."""
     from repro import slurm
-    counts = {k: sum(s.state == k for s in states) for k in ("done", "running", "queued", "failed", "new")}
+    counts = {k: sum(s.state == k for s in states) for k in ("done", "running", "queued", "stuck", "failed", "new")}
     print(f"Table {', '.join(t.id for t in chosen)} on SLURM: {counts['done']} finished, {counts['running']} running, "
-          f"{counts['queued']} queued, {counts['failed']} failed")
+          f"{counts['queued']} queued, {counts['failed']} failed" + (f", {counts['stuck']} never to start" if counts["stuck"] else ""))
     for s in states:
-        if s.state in ("running", "queued"):
+        if s.state == "stuck":
+            print(f"  stuck    {s.run.key}  job {s.job_id} ({s.detail}): scancel {s.job_id.split('_')[0]}, then submit "
+                  "again with fewer --cpus-per-gpu / --gpus-per-node / --mem-per-gpu or a shorter --time")
+        elif s.state in ("running", "queued"):
             reason = f" ({s.detail})" if s.detail and s.detail != "None" else ""
             print(f"  {s.state:8} {s.run.key}  job {s.job_id}{reason}")
         elif s.state == "failed":
@@ -214,7 +218,7 @@ def slurm_report(states, chosen, out_root, args) -> int:
     if counts["done"] == len(states):
         tables_args = " ".join(f"--table {t.id}" for t in chosen)
         print(f"next: python scripts/make_tables.py {tables_args} --out-root {out_root} --seeds '{args.seeds}'")
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or counts["stuck"] else 0
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ free_port() {
 write_config() {
   local host cpus mem
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(getconf _NPROCESSORS_ONLN)   # not nproc: it answers OMP_NUM_THREADS (1 in the test suite), not the machine
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))   # MB; half the machine
   cat > "$DIR/slurm.conf" <<EOF
 ClusterName=ltsamlocal

@@ -328,6 +328,20 @@ def test_slurm_refusals_from_the_cluster_are_one_line(on_cluster, tmp_path, caps
                                                                                   recursive=True)
 
 
+def test_wait_reports_a_job_that_can_never_start_instead_of_waiting(on_cluster, tmp_path, capsys):
+    """More CPUs than the node has: SLURM keeps the job PENDING (PartitionConfig) for ever. --wait
+    says so and ends, with what to do (it once waited until CI's limit: the test cluster had been
+    given 1 CPU by `nproc`, which answers OMP_NUM_THREADS)."""
+    out = str(tmp_path / "runs")
+    too_many = [a if a != "1" or SLURM[i - 1] != "--cpus-per-gpu" else str(4 * os.cpu_count()) for i, a in enumerate(SLURM)]
+    code, stdout, err = call("run_table", ["--spec", SPEC, "--table", "8", "--seeds", "0", "--out-root", out] + too_many
+                             + ["--wait", "--poll", "0.5"], capsys)
+    assert code == 1 and "1 never to start" in stdout and "PartitionConfig" in stdout, stdout + err
+    job = json.load(open(os.path.join(out, "configs", "smoke", "ddp", "seed0", "slurm.json")))["job_id"]
+    assert f"scancel {job.split('_')[0]}" in stdout, stdout
+    subprocess.run(["scancel", job.split("_")[0]], check=True)
+
+
 def test_a_two_process_run_is_one_job_with_the_rendezvous_from_slurm(on_cluster, tmp_path, capsys):
     """A run of 2 processes (as ImageNet-LT's 2 GPUs, here on CPUs with gloo): one job whose task
     starts launch_multi_node.sh with the rendezvous on the job's first node."""
