@@ -58,7 +58,9 @@ def signals_held():
         yield
         return
     pending = []
-    caught = (signal.SIGINT, signal.SIGTERM)
+    # A signal the process ignores (SIGINT in a job started with `&` by a non-interactive shell)
+    # stays ignored.
+    caught = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in caught}
     try:
         yield

@@ -693,9 +693,17 @@ def test_non_finite_loss_names_drw_as_the_likely_cause(tiny, tmp_path, capsys, m
 
 
 # ---------------------------------------------------------------------------- real processes: lock, signals
+def default_ctrl_c():
+    """Ctrl-C as a terminal gives it. A suite started in the background by a non-interactive shell
+    (CI, `cmd &`) inherits SIGINT ignored, and a Python started so never installs its handler:
+    the signal tests would then test nothing (they failed that way, in CI's way of running)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_training(cfg, out):
     return subprocess.Popen([sys.executable, "train.py", "--config", cfg, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_ctrl_c,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
 
 
@@ -836,10 +844,18 @@ def test_a_stalled_loader_stops_after_data_loader_timeout_seconds(tmp_path, caps
     del loader
 
 
-def test_a_signal_during_a_write_waits_until_the_file_is_in_place(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test, whatever the suite inherited (see default_ctrl_c)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_during_a_write_waits_until_the_file_is_in_place(tmp_path, ctrl_c_raises):
     """Ctrl-C or SIGTERM inside torch.save broke its C++ zip writer ("unexpected pos", or an
     abort writing to the closed file); now the signal takes effect after the file is complete."""
-    from engine.report import atomic_write
+    from core.files import atomic_write
     before = signal.getsignal(signal.SIGINT)
 
     def write(f):

@@ -45,7 +45,8 @@ def test_train_transform_crops_flips_and_normalises_with_clip_constants():
 
 
 def test_in_memory_sets_follow_data_preprocess():
-    kw = dict(name="synthetic", num_classes=3, image_size=16, max_per_class=6, test_per_class=2, num_workers=0)
+    kw = dict(name="synthetic", num_classes=3, image_size=16, max_per_class=6, imb_factor=2, test_per_class=2,
+              num_workers=0)
     standard = build_data(section("data", **kw), seed=0)
     clip = build_data(section("data", preprocess="clip", **kw), seed=0)
     assert standard.train[0][0].shape == (3, 16, 16)
