@@ -10,13 +10,19 @@
 
 Each optimizer is built from the config `la_<optimizer>.yaml` of `--config-dir` (default the paper
 configs, `configs/<dataset>/`; so the hyper-parameters are the rows' own; a registered optimizer
-name without such a file runs la_sgd.yaml with `optim.name=<name>`, i.e. its defaults; `--also
+name without such a file runs la_sgd.yaml with `optim.name=<name>`, i.e. its defaults; `--optimizers
+all`: every optimizer of the registry `optim.OPTIMIZERS` and every la_*.yaml of the folder; `--also
 optim.perturb=asam` adds the composed row of each optimizer with a perturbation rule), on a copy
 of one initial model, and steps through the same list of batches whose labels follow the training
 class counts (ImbSAM skips the perturbed pass on batches without a tail sample, as in training);
-the optimizers take turns step by step. Prints the mean seconds per step, the ratio to the
-`--baseline` (default SAM; paper Table 1: Focal-SAM 1.36x SAM on CIFAR-10-LT) and the implied
-seconds per epoch (training steps only: no data loading, no evaluation).
+the optimizers take turns step by step. SGD and the `--baseline` (default SAM; paper Table 1:
+Focal-SAM 1.36x SAM on CIFAR-10-LT) are always among the rows, so every ratio divides two timings
+of the same run. Per row, this (step) mode returns, and `--json` records, exactly:
+`seconds_per_step` (the mean over the `--steps` timed steps), `median_seconds_per_step`,
+`best_seconds_per_step` (the fastest step), `seconds_per_epoch` (the mean times the steps of one
+epoch) and `peak_gib` (peak GPU memory of two steps; null on a CPU). The printed table shows the
+mean, its ratio to SGD's mean, its ratio to the baseline's mean, the seconds per epoch (training
+steps only: no data loading, no evaluation) and, on a GPU, the peak GiB.
 A benchmark, not a test: the figures depend on the machine and what else runs on it.
 
 Two more modes run the real training path (the run's loaders, `train_one_epoch`, `evaluate`):
@@ -25,13 +31,15 @@ Two more modes run the real training path (the run's loaders, `train_one_epoch`,
     python scripts/bench_step.py --mode throughput --runs 1,2,4,8,16     # N runs at once on one device
 
 `epoch`: train + test seconds of the last of `--epochs` epochs per optimizer (one optimizer after
-the other, not interleaved), the ratio to SAM, and the paper's Table 1 (RTX 3090) beside them;
-with train.max_steps_per_epoch set, the training part is extrapolated to the full epoch (said so
-in the table). `throughput`: N runs of the first optimizer on the real data path, as N processes
-and as one process training them stacked (`train.py --seeds`; `--pack`), warm up, start together
-and time `--steps` steps; prints run-steps/s of the device,
-runs per hour and the hours for the CIFAR tables' runs, a PROJECTION from those steps (training
-steps only, no evaluation).
+the other, not interleaved), the ratio to the baseline's, and the paper's Table 1 (RTX 3090)
+beside them; with train.max_steps_per_epoch set, the training part is extrapolated to the full
+epoch (said so in the table); per row it returns `train_s`, `test_s`, `timed_steps` and
+`steps_per_epoch`. `throughput`: N runs of the first optimizer on the real data path, as N
+processes and as one process training them stacked (`train.py --seeds`; `--pack`), warm up, start
+together and time `--steps` steps; prints run-steps/s of the device, runs per hour and the hours
+for the CIFAR tables' runs, a PROJECTION from those steps (training steps only, no evaluation);
+per (runs, packing) it returns `runs`, `pack`, `steps_per_s`, `runs_per_hour` and `table_hours`.
+The `--json` file holds `device`, `dataset`, `mode`, `batch`, `baseline` and these `rows`.
 """
 import argparse
 import dataclasses
@@ -93,7 +101,7 @@ def build(cfg, model0, device):
 
 
 def time_optimizers(cfgs, model0, batches, warmup, device):
-    """Median / best seconds per step of each optimizer, the optimizers interleaved step by step
+    """(mean, median, best) seconds per step of each optimizer, the optimizers interleaved step by step
     (A B C A B C ...): a drift of the machine's speed (clock, caches, other load) then falls on
     every optimizer alike instead of on whichever ran during it."""
     runs = {}
@@ -194,7 +202,7 @@ def time_epochs(cfg, device, epochs: int) -> dict:
 def epoch_mode(args, cfgs, device) -> dict:
     rows = {n: time_epochs(cfg, device, args.epochs) for n, cfg in cfgs.items()}
     col = DATASETS.index(args.dataset)
-    ref = rows.get(args.baseline, {})
+    ref = rows[row_label(rows, args.baseline)]
     ref_total = ref.get("train_s", 0) + ref.get("test_s", 0)
     first = next(iter(rows.values()))
     cut = first["timed_steps"] < first["steps_per_epoch"]
@@ -322,17 +330,22 @@ def step_mode(args, cfgs, device) -> dict:
         rows[n] = {"seconds_per_step": mean, "median_seconds_per_step": med, "best_seconds_per_step": best,
                    "peak_gib": peak_memory(cfgs[n], model0, batches[0], device),
                    "seconds_per_epoch": mean * steps_per_epoch}
-    ref = rows.get(args.baseline, {}).get("seconds_per_step")
+    refs = list(dict.fromkeys(["sgd", args.baseline]))       # both timed in this run (choose_rows)
     print(f"{describe_device(device)}, {args.dataset}, {first.model.name}, batch {batch}, amp {first.train.amp}, "
           f"{args.steps} timed steps each (mean), optimizers interleaved step by step")
-    print(f"| optimizer | s/step | x {args.baseline} | s/epoch ({steps_per_epoch} steps) |"
+    print("| optimizer | s/step | " + " | ".join(f"x {r}" for r in refs) + f" | s/epoch ({steps_per_epoch} steps) |"
           + (" peak GiB |" if device.type == "cuda" else ""))
-    print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
+    print("|---|---|" + "---|" * len(refs) + "---|" + ("---|" if device.type == "cuda" else ""))
     for n, r in rows.items():
-        ratio = f"{r['seconds_per_step'] / ref:.2f}" if ref else "n/a"
+        ratios = [f"{r['seconds_per_step'] / rows[row_label(rows, ref)]['seconds_per_step']:.2f}" for ref in refs]
         mem = f" {r['peak_gib']:.2f} |" if r["peak_gib"] is not None else ""
-        print(f"| {n} | {r['seconds_per_step']:.4f} | {ratio} | {r['seconds_per_epoch']:.1f} |{mem}")
+        print(f"| {n} | {r['seconds_per_step']:.4f} | " + " | ".join(ratios) + f" | {r['seconds_per_epoch']:.1f} |{mem}")
     return rows
+
+
+def row_label(rows: dict, name: str) -> str:
+    """The row of optimizer `name` ("gsam" or, run with its defaults, "gsam (defaults)")."""
+    return next(k for k in rows if k.split(" ")[0] == name)
 
 
 def main(argv=None):
@@ -341,9 +354,12 @@ def main(argv=None):
     ap.add_argument("--config-dir", help="folder of la_<optimizer>.yaml configs (default configs/<dataset>; "
                                          "the SAM family: configs/sam_family/<dataset>)")
     ap.add_argument("--optimizers", type=optimizer_names,
-                    help=f"comma-separated la_<name>.yaml of --config-dir, or registered optimizer names (their defaults); "
+                    help=f"comma-separated la_<name>.yaml of --config-dir, or registered optimizer names (their defaults), "
+                         f"or 'all' (every registered optimizer and every la_*.yaml of the folder); "
                          f"default {','.join(OPTIMIZERS)}, or every la_*.yaml of a --config-dir given")
-    ap.add_argument("--baseline", default="sam", help="the row the ratios divide by (default sam; the SAM family: sgd)")
+    ap.add_argument("--baseline", default="sam", type=baseline_name,
+                    help="the row the ratios divide by, timed in the same run (default sam; the SAM family: sgd); "
+                         "the step mode also divides by sgd")
     ap.add_argument("--batch", type=at_least(1), help="per-step batch (default: the config's train.batch_size)")
     ap.add_argument("--steps", type=at_least(1), default=10, help="timed steps per optimizer")
     ap.add_argument("--warmup", type=at_least(0), default=3)
@@ -380,14 +396,33 @@ def optimizer_names(text: str) -> list:
     return names
 
 
+def baseline_name(text: str) -> str:
+    """argparse type of --baseline: one name as --optimizers takes them."""
+    names = optimizer_names(text)
+    if len(names) != 1 or names == ["all"]:
+        raise argparse.ArgumentTypeError(f"expected one optimizer name such as sgd or sam, got {text!r}")
+    return names[0]
+
+
 def choose_rows(args) -> None:
     """--config-dir (absolute) and --optimizers (default: Table 1's five in the paper configs,
-    every la_*.yaml of a folder given); the baseline must be one of them."""
+    every la_*.yaml of a folder given; `all`: all_rows), SGD and the baseline first in the step
+    mode (the baseline in the epoch mode)."""
     given = args.config_dir is not None
     args.config_dir = os.path.abspath(args.config_dir or os.path.join(ROOT, "configs", args.dataset))
     if not os.path.isdir(args.config_dir):
         raise UserError(f"--config-dir {args.config_dir} is not a folder of la_<optimizer>.yaml configs")
-    args.optimizers = args.optimizers or (config_names(args.config_dir) if given else OPTIMIZERS)
+    names = args.optimizers or (config_names(args.config_dir) if given else OPTIMIZERS)
+    names = [m for n in names for m in (all_rows(args.config_dir) if n == "all" else [n])]
+    first = {"step": ["sgd", args.baseline], "epoch": [args.baseline]}.get(args.mode, [])
+    names = list(dict.fromkeys(first + names))    # the ratios' denominators, timed in the same run
+    args.optimizers = names
+
+
+def all_rows(folder: str) -> list:
+    """`--optimizers all`: every registered optimizer (optim.OPTIMIZERS), then every other
+    la_<name>.yaml of the folder (composed rows such as focal_sam_asam)."""
+    return list(dict.fromkeys(list(OPTIMIZER_REGISTRY) + config_names(folder)))
 
 
 def run_benchmark(args) -> None:
