@@ -151,7 +151,7 @@ def row_source(folder: str, name: str) -> tuple:
         return name, path, []
     if name in OPTIMIZER_REGISTRY and os.path.isfile(os.path.join(folder, "la_sgd.yaml")):
         return f"{name} (defaults)", os.path.join(folder, "la_sgd.yaml"), [f"optim.name={name}"]
-    raise UserError(f"--optimizers {name}: no {os.path.relpath(path, ROOT)} and no registered optimizer of that "
+    raise UserError(f"--optimizers / --baseline {name}: no {os.path.relpath(path, ROOT)} and no registered optimizer of that "
                     f"name; rows there: {', '.join(config_names(folder))}")
 
 
