@@ -151,7 +151,8 @@ def cost_png(table: Table, rows: List[List[Cell]], costs: Costs, path: str) -> i
     columns = table.columns()
     losses = list(dict.fromkeys(_loss_and_method(r.name)[0] for r in table.rows))
     methods = list(dict.fromkeys(_loss_and_method(r.name)[1] for r in table.rows))
-    palette = TEN + ("black", "#8c6d31", "#7b4173", "#3182bd", "#e6550d")   # 15 distinct, no pastel pairs
+    # 14 distinct colours, no pastel pairs; no grey: grey draws the loss and ours/published keys
+    palette = tuple(c for i, c in enumerate(TEN) if i != 7) + ("black", "#8c6d31", "#7b4173", "#637939", "#843c39")
     colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
     markers = dict(zip(losses, "os^Dv"))
     fig, axes = plt.subplots(1, len(table.groups), figsize=(4.6 * len(table.groups) + 2.0, 4.2), squeeze=False)
@@ -185,7 +186,7 @@ def cost_png(table: Table, rows: List[List[Cell]], costs: Costs, path: str) -> i
     smoke = is_synthetic(rows) or costs.smoke
     _title(fig, f"{table.title.split(':')[0]}: accuracy against cost per step ({'; '.join(costs.devices()) or 'not timed'})",
            smoke)
-    fig.tight_layout(rect=(0, 0, right, 0.88 if smoke else 0.93))
+    fig.tight_layout(rect=(0, 0, right, 1))          # tight_layout keeps the suptitle clear itself
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
