@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 from core.errors import UserError
 from core.files import read_run_report
 from repro.runner import COMMAND, FAILED
-from repro.spec import DASH, METRIC_LABELS, Row, Table, run_folder
+from repro.spec import DASH, METRIC_LABELS, Row, Table, cost_folder, run_folder
 
 METHODS = ("SAM", "ImbSAM", "CC-SAM", "Focal-SAM")   # the "+X" suffixes of the paper's row names
 
@@ -184,19 +184,25 @@ BEST_LEGEND = ("best-on-test: the paper's selection (the official code keeps the
                "last epoch by construction; the headline stays the last epoch.")
 
 
-def markdown(table: Table, rows: List[List[Cell]], notes: Sequence[str] = (), best: bool = False) -> str:
+def markdown(table: Table, rows: List[List[Cell]], notes: Sequence[str] = (), best: bool = False,
+             costs: Optional["Costs"] = None) -> str:
     """The table in the paper's layout, then its orderings and `notes`; `best`: each cell also
-    shows the paper's best-on-test selection, labelled."""
+    shows the paper's best-on-test selection, labelled; `costs` (a table with a cost column): each
+    method's step time over the baseline's, per group, and where each row's published numbers
+    come from."""
     columns = [f"{g.name} {METRIC_LABELS[m]}" for g, m in table.columns()]
+    columns += [f"{g.name} cost ×{costs.baseline}" for g in table.groups] if costs else []
+    sources = any(r.source for r in table.rows)
     epochs = ["Epoch"] if table.has_epochs else []
-    lines = [f"### {table.title}", ""] + ([SMOKE_LINE, ""] if is_synthetic(rows) else [])
-    lines += ["| Method | " + " | ".join(epochs + columns) + " | seeds |",
-              "|---|" + "---|" * (len(epochs) + len(columns)) + "---|"]
+    lines = [f"### {table.title}", ""] + ([SMOKE_LINE, ""] if is_synthetic(rows) or (costs and costs.smoke) else [])
+    lines += ["| Method | " + " | ".join(epochs + columns) + " | seeds |" + (" published: source |" if sources else ""),
+              "|---|" + "---|" * (len(epochs) + len(columns)) + "---|" + ("---|" if sources else "")]
     for row, cells in zip(table.rows, rows):
         epoch = [str(row.epochs or "")] if epochs else []
-        lines.append(f"| {row.name} | " + " | ".join(epoch + [format_cell(c, best) for c in cells])
-                     + f" | {seed_summary(table, row, cells)} |")
-    lines += ["", LEGEND] + (["", BEST_LEGEND] if best else [])
+        cost = [costs.text(g, row) for g in table.groups] if costs else []
+        lines.append(f"| {row.name} | " + " | ".join(epoch + [format_cell(c, best) for c in cells] + cost)
+                     + f" | {seed_summary(table, row, cells)} |" + (f" {row.source or DASH} |" if sources else ""))
+    lines += ["", LEGEND] + (["", BEST_LEGEND] if best else []) + (["", costs.legend()] if costs else [])
     order = orderings(table, rows)
     if order:
         lines += ["", *orderings_markdown(table, order)]
@@ -297,19 +303,77 @@ def orderings_markdown(table: Table, order: List[Ordering]) -> List[str]:
 
 # ----------------------------------------------------------------------------- CSV
 
-def csv_text(table: Table, rows: List[List[Cell]]) -> str:
+def csv_text(table: Table, rows: List[List[Cell]], costs: Optional["Costs"] = None) -> str:
+    """One line per cell; with `costs`, the row's step time over the baseline's in its group and
+    the source of the published number."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    extra = [f"cost_x_{costs.baseline}", "paper_source"] if costs else []
     w.writerow(["table", "row", "config", "epochs", "group", "metric", "seeds_asked", "seeds_done", "seeds_failed",
-                "mean", "std", "paper", "diff", "values", "best_on_test_mean", "synthetic"])
+                "mean", "std", "paper", "diff", "values", "best_on_test_mean", "synthetic"] + extra)
     for row, cells in zip(table.rows, rows):
         for (group, metric), c in zip(table.columns(), cells):
             best = sum(c.best_on_test) / len(c.best_on_test) if c.best_on_test else None
             paper = DASH if c.paper is None else _num(c.paper)
+            more = [_num(costs.ratio(group, row)), row.source] if costs else []
             w.writerow([table.id, row.name, row.config or "", row.epochs or "", group.name, metric, c.expected,
                         len(c.values), c.failed, _num(c.mean), _num(c.std), paper, _num(c.diff),
-                        " ".join(f"{v:g}" for v in c.values), _num(best), int(c.synthetic)])
+                        " ".join(f"{v:g}" for v in c.values), _num(best), int(c.synthetic)] + more)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- cost per step (SAM family)
+
+class Costs:
+    """Each method's seconds per step over the baseline's, per group, from the bench.json of its
+    benchmark run (spec.plan_cost: the method timed beside the baseline, interleaved)."""
+
+    def __init__(self, table: Table, out_root: str):
+        self.table, self.baseline = table, table.cost_baseline
+        self.found: Dict[tuple, Optional[dict]] = {}
+        for g in table.groups:
+            for row in table.rows:
+                if not row.reference and (g.name, row.method) not in self.found:
+                    self.found[g.name, row.method] = _read_bench(os.path.join(out_root, cost_folder(table, g, row.method)))
+        self.smoke = any(b and b.get("smoke") for b in self.found.values())
+
+    def ratio(self, group, row: Row) -> Optional[float]:
+        bench = None if row.reference else self.found.get((group.name, row.method))
+        rows = (bench or {}).get("rows") or {}
+        if row.method not in rows or self.baseline not in rows:
+            return None
+        return rows[row.method]["seconds_per_step"] / rows[self.baseline]["seconds_per_step"]
+
+    def text(self, group, row: Row) -> str:
+        r = self.ratio(group, row)
+        if r is not None:
+            return f"{r:.2f}"
+        bench = None if row.reference else self.found.get((group.name, row.method))
+        return "failed" if bench and bench.get("failed") else "missing"
+
+    def devices(self) -> List[str]:
+        return sorted({f"{b['device']} (batch {b['batch']})" for b in self.found.values() if b and "device" in b})
+
+    def legend(self) -> str:
+        where = "; ".join(self.devices()) or "nothing timed yet"
+        return (f"cost ×{self.baseline}: the method's mean seconds per training step over {self.baseline}'s, both "
+                f"timed by scripts/bench_step.py in one run, interleaved step by step on the same batches and "
+                f"device (training steps only; one timing per method and dataset, on its LA config: the loss "
+                f"does not change the passes). Measured on: {where}. published: the source of the number after "
+                f"each `/` (another protocol where the source says so); {DASH}: no published CIFAR-LT number.")
+
+
+def _read_bench(folder: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(folder, "bench.json")) as f:
+            bench = json.load(f)
+    except FileNotFoundError:
+        return {"failed": True} if os.path.isfile(os.path.join(folder, FAILED)) else None
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"warning: skipping unreadable {os.path.join(folder, 'bench.json')} ({e})")
+        return None
+    bench["smoke"] = _ran_on_synthetic(folder)
+    return bench
 
 
 def _num(v) -> str:
@@ -320,17 +384,7 @@ def _num(v) -> str:
 
 def collect_timing(table: Table, out_root: str) -> Dict[str, Optional[dict]]:
     """dataset -> bench.json of scripts/bench_step.py, or None (missing), or {'failed': True}."""
-    found = {}
-    for d in table.raw["datasets"]:
-        folder = os.path.join(out_root, "table1", d)
-        try:
-            with open(os.path.join(folder, "bench.json")) as f:
-                found[d] = json.load(f)
-        except FileNotFoundError:
-            found[d] = {"failed": True} if os.path.isfile(os.path.join(folder, FAILED)) else None
-            continue
-        found[d]["smoke"] = _ran_on_synthetic(folder)
-    return found
+    return {d: _read_bench(os.path.join(out_root, "table1", d)) for d in table.raw["datasets"]}
 
 
 def _ran_on_synthetic(folder: str) -> bool:

@@ -1,4 +1,5 @@
-"""PNG figures of the tables: ours vs the paper per cell, per-class accuracy, Table 1's cost ratios.
+"""PNG figures of the tables: ours vs the paper per cell, per-class accuracy, Table 1's cost ratios,
+accuracy against cost per step (the SAM-family table).
 
 Legends sit outside the axes, so no legend covers a mark; figures built from smoke runs (synthetic
 data) say so in red in their title.
@@ -13,7 +14,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from repro.collect import Cell, Finals, is_synthetic, ours_ratio  # noqa: E402
+from repro.collect import Cell, Costs, Finals, is_synthetic, ours_ratio  # noqa: E402
 from repro.spec import METRIC_LABELS, Group, Table, run_folder  # noqa: E402
 
 SMOKE_TITLE = "SMOKE: synthetic data, not comparable with the paper"
@@ -132,6 +133,60 @@ def per_class_png(table: Table, group: Group, finals: Finals, seeds: Sequence[in
         ax.text(0.5, 0.5, "no finished run", transform=ax.transAxes, ha="center")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _loss_and_method(name: str):
+    """'LA+Focal-SAM+ASAM' -> ('LA', 'Focal-SAM+ASAM'); 'CE' -> ('CE', 'SGD')."""
+    loss, _, method = name.partition("+")
+    return loss, method or "SGD"
+
+
+def cost_png(table: Table, rows: List[List[Cell]], costs: Costs, path: str) -> int:
+    """All (balanced top-1) against the cost per step over the baseline, one panel per group: one
+    colour per method, one marker per loss; our mean ± std over seeds filled, the published number
+    hollow at the same cost. -> the number of points of ours drawn."""
+    columns = table.columns()
+    losses = list(dict.fromkeys(_loss_and_method(r.name)[0] for r in table.rows))
+    methods = list(dict.fromkeys(_loss_and_method(r.name)[1] for r in table.rows))
+    # 14 distinct colours, no pastel pairs; no grey: grey draws the loss and ours/published keys
+    palette = tuple(c for i, c in enumerate(TEN) if i != 7) + ("black", "#8c6d31", "#7b4173", "#637939", "#843c39")
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+    markers = dict(zip(losses, "os^Dv"))
+    fig, axes = plt.subplots(1, len(table.groups), figsize=(4.6 * len(table.groups) + 2.0, 4.2), squeeze=False)
+    drawn = 0
+    for ax, g in zip(axes[0], table.groups):
+        j = columns.index((g, "top1"))
+        untimed = 0
+        for row, cells in zip(table.rows, rows):
+            x, cell = costs.ratio(g, row), cells[j]
+            loss, method = _loss_and_method(row.name)
+            if x is None:
+                untimed += cell.mean is not None
+                continue
+            style = dict(marker=markers[loss], color=colours[method], ms=6)
+            if cell.mean is not None:
+                ax.errorbar([x], [cell.mean], yerr=[cell.std or 0.0], ls="none", elinewidth=1, capsize=2, **style)
+                drawn += 1
+            if cell.paper is not None:
+                ax.plot([x], [cell.paper], ls="none", mfc="none", mew=1.2, **style)
+        ax.set_xlabel(f"cost per step / {costs.baseline}'s (scripts/bench_step.py)", fontsize=8)
+        ax.set_ylabel("All: balanced top-1 % (last epoch)", fontsize=8)
+        ax.set_title(g.name + (f" ({untimed} finished rows not timed yet)" if untimed else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colours[m], marker="o", ls="none", label=m) for m in methods]
+    handles += [Line2D([], [], color="gray", marker=markers[l], ls="none", label=f"{l} loss") for l in losses]
+    handles += [Line2D([], [], color="gray", marker="o", ls="none", label="ours: mean ± std over seeds"),
+                Line2D([], [], color="gray", marker="o", mfc="none", ls="none", label="published (source: the table)")]
+    right = 1 - 1.9 / fig.get_figwidth()                      # 1.9 inches for the legend
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7, frameon=False)
+    smoke = is_synthetic(rows) or costs.smoke
+    _title(fig, f"{table.title.split(':')[0]}: accuracy against cost per step ({'; '.join(costs.devices()) or 'not timed'})",
+           smoke)
+    fig.tight_layout(rect=(0, 0, right, 1))          # tight_layout keeps the suptitle clear itself
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn

@@ -44,7 +44,9 @@ def command(run: Run, folder: str, resume: bool = False, python: str = sys.execu
             bench_args: Sequence[str] = ()) -> List[str]:
     if run.kind == "bench":
         dataset = os.path.basename(run.config)
-        return [python, os.path.join(ROOT, "scripts", "bench_step.py"), "--dataset", dataset,
+        chosen = ["--config-dir", os.path.join(ROOT, run.config), "--optimizers", ",".join(run.optimizers),
+                  "--baseline", run.optimizers[0]] if run.optimizers else []
+        return [python, os.path.join(ROOT, "scripts", "bench_step.py"), "--dataset", dataset, *chosen,
                 "--json", os.path.join(folder, run.done_file), *bench_args] + \
             [a for s in run.sets for a in ("--set", s)]
     if run.procs > 1:

@@ -34,9 +34,9 @@ SMOKE_SETS = (
     "train.max_steps_per_epoch=2", "train.batch_size=32", "train.eval_batch_size=100",
 )
 # Per optimizer, after the table's own optim_set: on the synthetic counts (200 images down to
-# 200 / IF: every class keeps an image up to IF 200) ImbSAM's tail is the smoke's non-Head
-# classes, as on the real data.
-SMOKE_OPTIM_SETS = {"imbsam": ("optim.eta=50",)}
+# 200 / IF: every class keeps an image up to IF 200) ImbSAM's and SSE-SAM's tail is the smoke's
+# non-Head classes, as on the real data; SSE-SAM switches stage after the first of the 2 epochs.
+SMOKE_OPTIM_SETS = {"imbsam": ("optim.eta=50",), "sse_sam": ("optim.eta=50", "optim.gamma=0.5")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,17 @@ class Row:
     config: Optional[str]             # None: reference-only (a baseline the paper quotes; no run)
     paper: Dict[str, Tuple[Optional[float], ...]]   # None: the paper prints "-"
     epochs: Optional[int] = None      # the paper's Epoch column (Tables 8-10), = the config's epochs
+    source: str = ""                  # where `paper` comes from, when a table gathers several papers
 
     @property
     def reference(self) -> bool:
         return self.config is None
+
+    @property
+    def method(self) -> str:
+        """The optimizer part of a `<loss>_<method>` config name (la_focal_sam_asam -> focal_sam_asam):
+        what a table with a `cost` times, once per method whatever the loss."""
+        return self.config.split("_", 1)[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +83,7 @@ class Table:
     groups: Tuple[Group, ...] = ()
     rows: Tuple[Row, ...] = ()
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    cost_baseline: Optional[str] = None   # accuracy tables with a cost column: each method's step over this one's
 
     def columns(self) -> List[Tuple[Group, str]]:
         return [(g, m) for g in self.groups for m in g.metrics]
@@ -94,6 +102,8 @@ class Run:
     seed: int
     procs: int
     kind: str = "train"               # train: train.py -> final.json; bench: bench_step.py -> bench.json
+    optimizers: Tuple[str, ...] = ()  # bench: the la_<name>.yaml of `config` (a folder) it times, the
+                                      # first the baseline; empty: bench_step's own (Table 1)
 
     @property
     def done_file(self) -> str:
@@ -141,7 +151,7 @@ def _row(r: dict, groups: Tuple[Group, ...], err) -> Row:
             raise err(where, f"paper values for group {g.name!r} must be a list of {len(g.metrics)} "
                              f"(numbers as printed, '{DASH}' where the paper prints '{DASH}')")
         paper[g.name] = tuple(_paper_value(v, lambda m: err(where, m)) for v in values)
-    return Row(name=r["name"], config=r.get("config"), paper=paper, epochs=r.get("epochs"))
+    return Row(name=r["name"], config=r.get("config"), paper=paper, epochs=r.get("epochs"), source=r.get("source", ""))
 
 
 def _timing(tid: str, t: dict, err) -> Table:
@@ -166,7 +176,8 @@ def load_tables(path: str = SPEC_PATH) -> Dict[str, Table]:
             continue
         groups = tuple(_group(g, t, lambda w, m: err(f"table {tid} {w}", m)) for g in t["groups"])
         rows = tuple(_row(r, groups, lambda w, m: err(f"table {tid} {w}", m)) for r in t["rows"])
-        tables[tid] = Table(tid, t["title"], t["script"], "accuracy", groups, rows, raw=t)
+        tables[tid] = Table(tid, t["title"], t["script"], "accuracy", groups, rows, raw=t,
+                            cost_baseline=(t.get("cost") or {}).get("baseline"))
     return tables
 
 
@@ -184,6 +195,16 @@ def get_table(tables: Dict[str, Table], tid: str) -> Table:
     if tid not in tables:
         raise UserError(f"unknown table {tid!r}; tables: {', '.join(tables)}")
     return tables[tid]
+
+
+def select_rows(table: Table, rows: Optional[str]) -> Table:
+    """The table with only the rows whose name `rows` (a regular expression) matches; all without."""
+    if not rows:
+        return table
+    kept = tuple(r for r in table.rows if re.search(rows, r.name))
+    if not kept:
+        raise UserError(f"--rows {rows!r} matches no row of table {table.id}")
+    return dataclasses.replace(table, rows=kept)
 
 
 def config_path(group: Group, row: Row) -> str:
@@ -265,6 +286,25 @@ def plan_timing(table: Table, smoke: bool = False) -> List[Run]:
     sets = SMOKE_SETS if smoke else ()
     return [Run(key=os.path.join("table1", d), config=os.path.join("configs", d), sets=tuple(sets), seed=0,
                 procs=1, kind="bench") for d in table.raw["datasets"]]
+
+
+def cost_folder(table: Table, group: Group, method: str) -> str:
+    """Where the benchmark of `method` in `group` writes bench.json, relative to OUT_ROOT."""
+    return os.path.join(table.id, os.path.basename(group.config_dir), method)
+
+
+def plan_cost(table: Table, smoke: bool = False, rows: Optional[str] = None) -> List[Run]:
+    """A table with a cost column: per group, one scripts/bench_step.py run per method of its
+    (chosen) rows, timing the method's la_<method>.yaml beside the baseline's, interleaved step
+    by step, on the same device and batches. One run per method: each resumes on its own."""
+    if not table.cost_baseline:
+        return []
+    methods = [r.method for r in table.rows if not r.reference and (not rows or re.search(rows, r.name))]
+    base = table.cost_baseline
+    return [Run(key=cost_folder(table, g, m), config=g.config_dir, seed=0, procs=1, kind="bench",
+                sets=tuple(g.sets_for("")) + (SMOKE_SETS if smoke else ()),
+                optimizers=tuple(dict.fromkeys([base, m])))
+            for g in table.groups for m in dict.fromkeys(methods)]
 
 
 def unique_runs(cells) -> List[Run]:

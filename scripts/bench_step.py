@@ -1,17 +1,28 @@
 #!/usr/bin/env python
-"""Time one training step of SGD / SAM / ImbSAM / CC-SAM / Focal-SAM on the same model and batches.
+"""Time one training step of SGD / SAM / ImbSAM / CC-SAM / Focal-SAM (or any optimizer) on the same model and batches.
 
     python scripts/bench_step.py                                  # CIFAR-10-LT rows, ResNet-32, this machine
     python scripts/bench_step.py --dataset cifar100_lt --steps 20
     python scripts/bench_step.py --dataset imagenet_lt --batch 128 --set train.amp=bf16   # on a GPU
     python scripts/bench_step.py --optimizers sam,focal_sam --also optim.clean_backward=batched   # extra rows
+    python scripts/bench_step.py --config-dir configs/sam_family/cifar10_lt --baseline sgd   # every SAM-family row
+    python scripts/bench_step.py --optimizers sgd,focal_sam,gsam --baseline sgd --also optim.perturb=asam
 
-Each optimizer is built from the paper config `configs/<dataset>/la_<optimizer>.yaml` (so the
-hyper-parameters are the rows' own), on a copy of one initial model, and steps through the same
-list of batches whose labels follow the training class counts (ImbSAM skips the perturbed pass
-on batches without a tail sample, as in training); the optimizers take turns step by step. Prints
-the mean seconds per step, the ratio to SAM (paper Table 1: Focal-SAM 1.36x SAM on CIFAR-10-LT)
-and the implied seconds per epoch (training steps only: no data loading, no evaluation).
+Each optimizer is built from the config `la_<optimizer>.yaml` of `--config-dir` (default the paper
+configs, `configs/<dataset>/`; so the hyper-parameters are the rows' own; a registered optimizer
+name without such a file runs la_sgd.yaml with `optim.name=<name>`, i.e. its defaults; `--optimizers
+all`: every optimizer of the registry `optim.OPTIMIZERS` and every la_*.yaml of the folder; `--also
+optim.perturb=asam` adds the composed row of each optimizer with a perturbation rule), on a copy
+of one initial model, and steps through the same list of batches whose labels follow the training
+class counts (ImbSAM skips the perturbed pass on batches without a tail sample, as in training);
+the optimizers take turns step by step. SGD and the `--baseline` (default SAM; paper Table 1:
+Focal-SAM 1.36x SAM on CIFAR-10-LT) are always among the rows, so every ratio divides two timings
+of the same run. Per row, this (step) mode returns, and `--json` records, exactly:
+`seconds_per_step` (the mean over the `--steps` timed steps), `median_seconds_per_step`,
+`best_seconds_per_step` (the fastest step), `seconds_per_epoch` (the mean times the steps of one
+epoch) and `peak_gib` (peak GPU memory of two steps; null on a CPU). The printed table shows the
+mean, its ratio to SGD's mean, its ratio to the baseline's mean, the seconds per epoch (training
+steps only: no data loading, no evaluation) and, on a GPU, the peak GiB.
 A benchmark, not a test: the figures depend on the machine and what else runs on it.
 
 Two more modes run the real training path (the run's loaders, `train_one_epoch`, `evaluate`):
@@ -20,13 +31,15 @@ Two more modes run the real training path (the run's loaders, `train_one_epoch`,
     python scripts/bench_step.py --mode throughput --runs 1,2,4,8,16     # N runs at once on one device
 
 `epoch`: train + test seconds of the last of `--epochs` epochs per optimizer (one optimizer after
-the other, not interleaved), the ratio to SAM, and the paper's Table 1 (RTX 3090) beside them;
-with train.max_steps_per_epoch set, the training part is extrapolated to the full epoch (said so
-in the table). `throughput`: N runs of the first optimizer on the real data path, as N processes
-and as one process training them stacked (`train.py --seeds`; `--pack`), warm up, start together
-and time `--steps` steps; prints run-steps/s of the device,
-runs per hour and the hours for the CIFAR tables' runs, a PROJECTION from those steps (training
-steps only, no evaluation).
+the other, not interleaved), the ratio to the baseline's, and the paper's Table 1 (RTX 3090)
+beside them; with train.max_steps_per_epoch set, the training part is extrapolated to the full
+epoch (said so in the table); per row it returns `train_s`, `test_s`, `timed_steps` and
+`steps_per_epoch`. `throughput`: N runs of the first optimizer on the real data path, as N
+processes and as one process training them stacked (`train.py --seeds`; `--pack`), warm up, start
+together and time `--steps` steps; prints run-steps/s of the device, runs per hour and the hours
+for the CIFAR tables' runs, a PROJECTION from those steps (training steps only, no evaluation);
+per (runs, packing) it returns `runs`, `pack`, `steps_per_s`, `runs_per_hour` and `table_hours`.
+The `--json` file holds `device`, `dataset`, `mode`, `batch`, `baseline` and these `rows`.
 """
 import argparse
 import dataclasses
@@ -41,7 +54,7 @@ import torch
 
 import _root  # noqa: F401  (the repository on the import path, without `pip install -e .`)
 from core.args import ArgumentParser, at_least
-from core.errors import ConfigError
+from core.errors import ConfigError, UserError
 from engine.build import build_run
 from engine.cli import check_report_path, user_errors
 from engine.config import load_config
@@ -51,6 +64,7 @@ from engine.loaders import eval_loader, train_loader
 from engine.group import build_group, train_batches
 from engine.evaluation import evaluate
 from engine.trainer import make_stepper, start_epoch_setup, train_one_epoch, wrap_model
+from optim import OPTIMIZERS as OPTIMIZER_REGISTRY
 
 OPTIMIZERS = ["sgd", "sam", "imbsam", "cc_sam", "focal_sam"]
 DATASETS = ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"]
@@ -87,7 +101,7 @@ def build(cfg, model0, device):
 
 
 def time_optimizers(cfgs, model0, batches, warmup, device):
-    """Median / best seconds per step of each optimizer, the optimizers interleaved step by step
+    """(mean, median, best) seconds per step of each optimizer, the optimizers interleaved step by step
     (A B C A B C ...): a drift of the machine's speed (clock, caches, other load) then falls on
     every optimizer alike instead of on whichever ran during it."""
     runs = {}
@@ -124,16 +138,33 @@ def peak_memory(cfg, model0, batch, device):
     return peak
 
 
-def row_configs(dataset: str, optimizers, overrides, also) -> dict:
-    """{row label: config}: each optimizer's paper config, plus one row per `--also` override
-    that the optimizer reads (label "focal_sam +optim.clean_backward=batched")."""
+def config_names(folder: str) -> list:
+    """The rows a config folder offers: <name> of each la_<name>.yaml."""
+    return sorted(f[3:-5] for f in os.listdir(folder) if f.startswith("la_") and f.endswith(".yaml"))
+
+
+def row_source(folder: str, name: str) -> tuple:
+    """(label, config path, its own overrides) of one row: la_<name>.yaml of the folder, or, for a
+    registered optimizer without one, la_sgd.yaml run as that optimizer with its defaults."""
+    path = os.path.join(folder, f"la_{name}.yaml")
+    if os.path.isfile(path):
+        return name, path, []
+    if name in OPTIMIZER_REGISTRY and os.path.isfile(os.path.join(folder, "la_sgd.yaml")):
+        return f"{name} (defaults)", os.path.join(folder, "la_sgd.yaml"), [f"optim.name={name}"]
+    raise UserError(f"--optimizers / --baseline {name}: no {os.path.relpath(path, ROOT)} and no registered optimizer of that "
+                    f"name; rows there: {', '.join(config_names(folder))}")
+
+
+def row_configs(folder: str, optimizers, overrides, also) -> dict:
+    """{row label: config}: each optimizer's config in `folder`, plus one row per `--also`
+    override that the optimizer reads (label "focal_sam +optim.clean_backward=batched")."""
     cfgs = {}
     for n in optimizers:
-        path = os.path.join(ROOT, "configs", dataset, f"la_{n}.yaml")
-        cfgs[n] = load_config(path, overrides)
+        label, path, own = row_source(folder, n)
+        cfgs[label] = load_config(path, own + overrides)
         for extra in also:
             try:
-                cfgs[f"{n} +{extra}"] = load_config(path, overrides + [extra])
+                cfgs[f"{label} +{extra}"] = load_config(path, own + overrides + [extra])
             except ConfigError:      # an option this optimizer does not have: no row
                 pass
     return cfgs
@@ -171,13 +202,13 @@ def time_epochs(cfg, device, epochs: int) -> dict:
 def epoch_mode(args, cfgs, device) -> dict:
     rows = {n: time_epochs(cfg, device, args.epochs) for n, cfg in cfgs.items()}
     col = DATASETS.index(args.dataset)
-    ref = rows.get("sam", {})
+    ref = rows[row_label(rows, args.baseline)]
     ref_total = ref.get("train_s", 0) + ref.get("test_s", 0)
     first = next(iter(rows.values()))
     cut = first["timed_steps"] < first["steps_per_epoch"]
     print(f"{describe_device(device)}, {args.dataset}, real data path, epoch {args.epochs} of {args.epochs} timed"
           + (f"; training EXTRAPOLATED from {first['timed_steps']} of {first['steps_per_epoch']} steps" if cut else ""))
-    print("| optimizer | train s | test s | s/epoch | x SAM | paper s/epoch (RTX 3090) | paper x SAM |")
+    print(f"| optimizer | train s | test s | s/epoch | x {args.baseline} | paper s/epoch (RTX 3090) | paper x SAM |")
     print("|---|---|---|---|---|---|---|")
     for n, r in rows.items():
         total = r["train_s"] + r["test_s"]
@@ -234,7 +265,8 @@ def concurrent(args, n: int, pack: str) -> list:
     threads = max(1, (os.cpu_count() or 1) // procs_n)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, os.path.abspath(__file__), "--mode", "worker", "--dataset", args.dataset,
-           "--optimizers", args.optimizers[0], "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--config-dir", args.config_dir, "--optimizers", args.optimizers[0], "--steps", str(args.steps),
+           "--warmup", str(args.warmup),
            "--members", str(members), "--device", args.device] + [a for kv in args.set for a in ("--set", kv)]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for _ in range(procs_n)]
@@ -298,22 +330,36 @@ def step_mode(args, cfgs, device) -> dict:
         rows[n] = {"seconds_per_step": mean, "median_seconds_per_step": med, "best_seconds_per_step": best,
                    "peak_gib": peak_memory(cfgs[n], model0, batches[0], device),
                    "seconds_per_epoch": mean * steps_per_epoch}
-    ref = rows.get("sam", {}).get("seconds_per_step")
+    refs = list(dict.fromkeys(["sgd", args.baseline]))       # both timed in this run (choose_rows)
     print(f"{describe_device(device)}, {args.dataset}, {first.model.name}, batch {batch}, amp {first.train.amp}, "
           f"{args.steps} timed steps each (mean), optimizers interleaved step by step")
-    print(f"| optimizer | s/step | x SAM | s/epoch ({steps_per_epoch} steps) |" + (" peak GiB |" if device.type == "cuda" else ""))
-    print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
+    print("| optimizer | s/step | " + " | ".join(f"x {r}" for r in refs) + f" | s/epoch ({steps_per_epoch} steps) |"
+          + (" peak GiB |" if device.type == "cuda" else ""))
+    print("|---|---|" + "---|" * len(refs) + "---|" + ("---|" if device.type == "cuda" else ""))
     for n, r in rows.items():
-        ratio = f"{r['seconds_per_step'] / ref:.2f}" if ref else "n/a"
+        ratios = [f"{r['seconds_per_step'] / rows[row_label(rows, ref)]['seconds_per_step']:.2f}" for ref in refs]
         mem = f" {r['peak_gib']:.2f} |" if r["peak_gib"] is not None else ""
-        print(f"| {n} | {r['seconds_per_step']:.4f} | {ratio} | {r['seconds_per_epoch']:.1f} |{mem}")
+        print(f"| {n} | {r['seconds_per_step']:.4f} | " + " | ".join(ratios) + f" | {r['seconds_per_epoch']:.1f} |{mem}")
     return rows
+
+
+def row_label(rows: dict, name: str) -> str:
+    """The row of optimizer `name` ("gsam" or, run with its defaults, "gsam (defaults)")."""
+    return next(k for k in rows if k.split(" ")[0] == name)
 
 
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="cifar10_lt", choices=DATASETS)
-    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), type=optimizer_names)
+    ap.add_argument("--config-dir", help="folder of la_<optimizer>.yaml configs (default configs/<dataset>; "
+                                         "the SAM family: configs/sam_family/<dataset>)")
+    ap.add_argument("--optimizers", type=optimizer_names,
+                    help=f"comma-separated la_<name>.yaml of --config-dir, or registered optimizer names (their defaults), "
+                         f"or 'all' (every registered optimizer and every la_*.yaml of the folder); "
+                         f"default {','.join(OPTIMIZERS)}, or every la_*.yaml of a --config-dir given")
+    ap.add_argument("--baseline", default="sam", type=baseline_name,
+                    help="the row the ratios divide by, timed in the same run (default sam; the SAM family: sgd); "
+                         "the step mode also divides by sgd")
     ap.add_argument("--batch", type=at_least(1), help="per-step batch (default: the config's train.batch_size)")
     ap.add_argument("--steps", type=at_least(1), default=10, help="timed steps per optimizer")
     ap.add_argument("--warmup", type=at_least(0), default=3)
@@ -343,25 +389,54 @@ def pack_names(text: str) -> str:
 
 
 def optimizer_names(text: str) -> list:
-    """argparse type of --optimizers: a comma-separated subset of OPTIMIZERS."""
+    """argparse type of --optimizers: comma-separated names (each checked against the config folder)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in OPTIMIZERS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected names among {','.join(OPTIMIZERS)}, got {text!r}")
+    if not names or any(not n.replace("_", "").isalnum() for n in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names such as sgd,sam,focal_sam, got {text!r}")
     return names
+
+
+def baseline_name(text: str) -> str:
+    """argparse type of --baseline: one name as --optimizers takes them."""
+    names = optimizer_names(text)
+    if len(names) != 1 or names == ["all"]:
+        raise argparse.ArgumentTypeError(f"expected one optimizer name such as sgd or sam, got {text!r}")
+    return names[0]
+
+
+def choose_rows(args) -> None:
+    """--config-dir (absolute) and --optimizers (default: Table 1's five in the paper configs,
+    every la_*.yaml of a folder given; `all`: all_rows), SGD and the baseline first in the step
+    mode (the baseline in the epoch mode)."""
+    given = args.config_dir is not None
+    args.config_dir = os.path.abspath(args.config_dir or os.path.join(ROOT, "configs", args.dataset))
+    if not os.path.isdir(args.config_dir):
+        raise UserError(f"--config-dir {args.config_dir} is not a folder of la_<optimizer>.yaml configs")
+    names = args.optimizers or (config_names(args.config_dir) if given else OPTIMIZERS)
+    names = [m for n in names for m in (all_rows(args.config_dir) if n == "all" else [n])]
+    first = {"step": ["sgd", args.baseline], "epoch": [args.baseline]}.get(args.mode, [])
+    names = list(dict.fromkeys(first + names))    # the ratios' denominators, timed in the same run
+    args.optimizers = names
+
+
+def all_rows(folder: str) -> list:
+    """`--optimizers all`: every registered optimizer (optim.OPTIMIZERS), then every other
+    la_<name>.yaml of the folder (composed rows such as focal_sam_asam)."""
+    return list(dict.fromkeys(list(OPTIMIZER_REGISTRY) + config_names(folder)))
 
 
 def run_benchmark(args) -> None:
     if args.json:
         check_report_path(args.json, "", "--json")   # before the minutes of timing
+    choose_rows(args)
     device = pick_device(args.device, option="--device")
-    cfgs = row_configs(args.dataset, args.optimizers, args.set, args.also)
+    cfgs = row_configs(args.config_dir, args.optimizers, args.set, args.also)
     modes = {"step": step_mode, "epoch": epoch_mode, "throughput": throughput_mode, "worker": worker_mode}
     rows = modes[args.mode](args, cfgs, device)
     if args.json and rows is not None:
         batch = args.batch or next(iter(cfgs.values())).train.batch_size
         write_json(args.json, {"device": str(device), "dataset": args.dataset, "mode": args.mode, "batch": batch,
-                               "rows": rows})
+                               "baseline": args.baseline, "rows": rows})
 
 
 if __name__ == "__main__":

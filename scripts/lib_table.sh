@@ -11,6 +11,7 @@ RUNS_PER_GPU=${RUNS_PER_GPU:-}        # runs sharing one GPU at once (default: 4
 PROCS_PER_RUN=${PROCS_PER_RUN:-}     # processes (GPUs) per run; default: the table's (repro/tables.yaml)
 STACK_SEEDS=${STACK_SEEDS:-0}         # 1: a row's new seeds train together in one process (train.py --seeds)
 ROWS=${ROWS:-}                        # only the rows whose name matches this regular expression, e.g. "Focal-SAM"
+                                      # (runs and report)
 SMOKE=${SMOKE:-0}                      # 1: synthetic data, 2 tiny epochs per run (a CPU check of the pipeline)
 DRY_RUN=${DRY_RUN:-0}                  # 1: print every run's exact command and state, run nothing
 BEST_ON_TEST=${BEST_ON_TEST:-0}        # 1: the report also prints the paper's best-on-test selection, labelled
@@ -59,6 +60,7 @@ fi
 status=$?
 [ "$status" = 130 ] && exit 130  # Ctrl-C: stop here; the same command resumes
 report=("${tables[@]}" --out-root "$OUT_ROOT" --seeds "$SEEDS")
+[ -n "${ROWS:-}" ] && report+=(--rows "$ROWS")
 [ "$BEST_ON_TEST" = 1 ] && report+=(--best-on-test)
 "$PYTHON" scripts/make_tables.py "${report[@]}" || status=$?
 exit "$status"

@@ -7,8 +7,9 @@
     python scripts/make_tables.py --table 2 --best-on-test        # + the paper's selection, labelled
 
 Writes, under --report (default OUT_ROOT/report): table<ID>.md, table<ID>.csv, table<ID>.png
-(ours vs paper, one panel per column) and table<ID>_per_class_<group>.png (per-class accuracy head
-to tail, one line per method). Cells are our last-epoch mean ± std over seeds beside the paper's
+(ours vs paper, one panel per column), table<ID>_per_class_<group>.png (per-class accuracy head
+to tail, one line per method) and, for a table with a cost column (the SAM family),
+table<ID>_cost.png (All against the cost per step over SGD). Cells are our last-epoch mean ± std over seeds beside the paper's
 number and the difference (with --best-on-test also the paper's selection, the epoch with the
 best test top-1, labelled `best-on-test`); below each table, the orderings the paper claims (Focal-SAM above SAM,
 ImbSAM, CC-SAM) on our runs beside the paper's gaps, and the classes each ImbSAM row perturbs.
@@ -50,12 +51,13 @@ def main(argv=None):
     ap.add_argument("--best-on-test", action="store_true",
                     help="also print, in each cell and labelled, the paper's selection: the epoch with the best "
                          "test top-1 (the official code's), beside the last-epoch headline")
+    ap.add_argument("--rows", default="", help="only the rows whose name matches this regular expression")
     ap.add_argument("--spec", default=spec.SPEC_PATH, help=argparse.SUPPRESS)  # tests: a small tables file
     args = ap.parse_args(argv)
 
     with user_errors():
         tables = spec.load_tables(args.spec)
-        chosen = [spec.get_table(tables, t) for t in (args.table or list(tables))]
+        chosen = [spec.select_rows(spec.get_table(tables, t), args.rows) for t in (args.table or list(tables))]
         seeds = spec.parse_seeds(args.seeds)
         if not os.path.isdir(args.out_root):
             raise UserError(f"no runs under {args.out_root}: run a scripts/table*.sh first, or give --out-root")
@@ -73,9 +75,12 @@ def main(argv=None):
             else:
                 rows = collect.collect(table, finals, seeds)
                 notes = imbsam.report_lines(table, seeds, args.out_root)
-                text = collect.markdown(table, rows, notes, best=args.best_on_test)
-                csv_text = collect.csv_text(table, rows)
+                costs = collect.Costs(table, args.out_root) if table.cost_baseline else None
+                text = collect.markdown(table, rows, notes, best=args.best_on_test, costs=costs)
+                csv_text = collect.csv_text(table, rows, costs)
                 plots.table_png(table, rows, base + ".png")
+                if costs:
+                    plots.cost_png(table, rows, costs, base + "_cost.png")
             with open(base + ".md", "w") as f:
                 f.write(text)
             with open(base + ".csv", "w") as f:

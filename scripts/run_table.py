@@ -57,14 +57,36 @@ def check_arguments(args, runs) -> None:
     if gpus not in (["all"], ["cpu"]):
         if not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
             raise UserError(f"--gpus {args.gpus!r}: give 'all', 'cpu', or distinct GPU ids such as '0 1'")
-    for config, sets, seed in sorted({(r.config, r.sets, r.seed) for r in runs}):
+    for config, sets, seed, names in sorted({(r.config, r.sets, r.seed, r.optimizers) for r in runs}):
         full = os.path.join(spec.ROOT, config)
-        for path in sorted(glob.glob(os.path.join(full, "la_*.yaml"))) if os.path.isdir(full) else [full]:
+        for path in bench_configs(full, names) if os.path.isdir(full) else [full]:
             try:
                 load_config(path, [f"seed={seed}", *sets])
             except UserError as e:
                 given = f" with --set {' '.join(args.set)}" if args.set else ""
                 raise UserError(f"{os.path.relpath(path, spec.ROOT)}{given}: {e}; nothing was launched") from None
+
+
+def bench_configs(folder: str, names) -> list:
+    """The configs a benchmark run of a config folder times: la_<name>.yaml of `names`, or every
+    la_*.yaml (Table 1's runs time bench_step's default rows from there)."""
+    if names:
+        return [os.path.join(folder, f"la_{n}.yaml") for n in names]
+    return sorted(glob.glob(os.path.join(folder, "la_*.yaml")))
+
+
+def execute_local(args, runs, out_root, bench_args, stack_seeds) -> dict:
+    """Benchmarks first, one at a time on the first device (timings want it to themselves), then
+    the training runs on every device."""
+    devices = detect_gpus(args.gpus)
+    per = args.runs_per_gpu or (1 if devices == ["cpu"] else 4)
+    result = {"done": [], "skipped": [], "failed": []}
+    for kind, slots in (("bench", runner.Slots(devices[:1], 1)), ("train", runner.Slots(devices, per))):
+        part = [r for r in runs if r.kind == kind]
+        if part:
+            got = runner.execute(part, out_root, slots, bench_args=bench_args, stack_seeds=stack_seeds and kind == "train")
+            result = {k: result[k] + got[k] for k in result}
+    return result
 
 
 def wandb_groups(runs) -> list:
@@ -269,7 +291,7 @@ def main(argv=None):
                                                                 procs=args.procs_per_run or None, rows=args.rows)]
             if not cells:
                 raise UserError(f"--rows {args.rows!r} matches no row with runs in table(s) {', '.join(args.table)}")
-            runs = spec.unique_runs(cells)
+            runs = [r for t in chosen for r in spec.plan_cost(t, args.smoke, args.rows)] + spec.unique_runs(cells)
         # DATA_ROOT and --set join each run's own overrides (DATA_ROOT maps per config: CIFAR's
         # root is the folder itself, ImageNet-LT's is DATA_ROOT/ImageNet_LT, ...).
         roots = {}
@@ -304,12 +326,7 @@ def main(argv=None):
 
         if args.launcher == "slurm":
             return slurm_main(args, runs, chosen, out_root, bench_args, args.stack_seeds and not timing)
-        devices = detect_gpus(args.gpus)
-        per = args.runs_per_gpu or (1 if devices == ["cpu"] else 4)
-        if timing:  # timings want the device to themselves
-            devices, per = devices[:1], 1
-        result = runner.execute(runs, out_root, runner.Slots(devices, per), bench_args=bench_args,
-                                stack_seeds=args.stack_seeds and not timing)
+        result = execute_local(args, runs, out_root, bench_args, args.stack_seeds and not timing)
         print(f"Table {', '.join(t.id for t in chosen)}: {len(result['done'])} finished now, {len(result['skipped'])} done before, "
               f"{len(result['failed'])} failed")
         for key in result["failed"]:

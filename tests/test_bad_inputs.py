@@ -470,6 +470,10 @@ def test_table_runner_checks_everything_before_launching(tmp_path, capsys):
 def test_benchmark_mistakes(tmp_path, capsys):
     assert_one_line(call(bench_step.main, ["--steps", "0"], capsys), "--steps", "expected an integer >= 1")
     assert_one_line(call(bench_step.main, ["--optimizers", "sgd,adam"], capsys), "--optimizers")
+    assert_one_line(call(bench_step.main, ["--optimizers", "sam/../x"], capsys), "--optimizers", "expected comma-separated")
+    assert_one_line(call(bench_step.main, ["--baseline", "sgd,sam"], capsys), "--baseline", "expected one optimizer")
+    assert_one_line(call(bench_step.main, ["--baseline", "adam"], capsys), "--baseline adam", "no registered optimizer")
+    assert_one_line(call(bench_step.main, ["--config-dir", tmp_path / "none"], capsys), "--config-dir", "is not a folder")
     assert_one_line(call(bench_step.main, ["--device", "tpu"], capsys), "--device 'tpu': unknown device")
     assert_one_line(call(bench_step.main, ["--json", tmp_path], capsys), "--json", "is a folder")
     assert_one_line(call(bench_step.main, ["--set", "optim.lr=-1"], capsys), "optim.lr: must be > 0")

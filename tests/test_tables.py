@@ -424,6 +424,101 @@ def test_make_tables_bad_input_is_one_line(tmp_path, capsys):
         assert code == 2 and f"{report} (--report)" in err and reason in err and err.count("\n") == 1, err
 
 
+# ----------------------------------------------------------------------------- the SAM-family table
+
+FAMILY_METHODS = {"sgd", "sam", "asam", "gsam", "friendly_sam", "rwp", "looksam", "imbsam", "cc_sam", "sse_sam",
+                  "focal_sam", "focal_sam_asam", "focal_sam_friendly"}
+
+
+def test_sam_family_plan_shares_the_paper_rows_runs_and_times_each_method(tables):
+    """26 rows x 2 datasets x 3 seeds; the rows that are paper rows run the paper table's config
+    in its folder (the same run); one benchmark per method and dataset, beside SGD."""
+    t = tables["sam_family"]
+    runs = spec.unique_runs(spec.plan_runs(t, [0, 1, 2]))
+    assert len(t.rows) == 26 and len(runs) == 156 and {r.method for r in t.rows} == FAMILY_METHODS
+    paper = {r.key: r for tid in ("5", "2") for r in spec.unique_runs(spec.plan_runs(tables[tid], [0, 1, 2]))}
+    shared = [r for r in runs if r.key in paper]
+    assert len(shared) == 2 * 10 * 3       # {CE, LA} x {SGD, SAM, ImbSAM, CC-SAM, Focal-SAM}, both datasets
+    for r in shared:
+        theirs = paper[r.key]
+        assert r.sets == theirs.sets and config_to_dict(load_config(os.path.join(ROOT, r.config), list(r.sets))) == \
+            config_to_dict(load_config(os.path.join(ROOT, theirs.config), list(r.sets))), r.key
+    for r in runs:
+        cfg = load_config(os.path.join(ROOT, r.config), list(r.sets))
+        assert (cfg.train.epochs, cfg.model.name, cfg.data.imb_factor) == (200, "resnet32", 100), r.config
+    bench = spec.plan_cost(t)
+    assert len(bench) == 26 and {b.optimizers for b in bench} == \
+        {("sgd",)} | {("sgd", m) for m in FAMILY_METHODS - {"sgd"}}
+    assert all(b.kind == "bench" and os.path.isfile(os.path.join(ROOT, b.config, "la_sgd.yaml")) for b in bench)
+    assert [b.key for b in spec.plan_cost(t, rows=r"^CE\+LookSAM$")] == \
+        ["sam_family/cifar10_lt/looksam", "sam_family/cifar100_lt/looksam"]
+
+
+def test_sam_family_configs_carry_their_authors_settings():
+    """Spot checks against the values in each config's header (the authors' scripts)."""
+    def optim(name):
+        return load_config(os.path.join(ROOT, "configs", "sam_family", "cifar100_lt", f"la_{name}.yaml")).optim
+    assert (optim("asam").perturb, optim("asam").rho, optim("asam").asam_eta) == ("asam", 1.0, 0.01)   # the README's CIFAR-100 line
+    assert (optim("friendly_sam").perturb, optim("friendly_sam").friendly_momentum) == ("friendly", 0.95)
+    assert (optim("gsam").alpha, optim("gsam").rho_min, optim("looksam").k, optim("looksam").alpha) == (0.2, 0.3, 5, 0.7)
+    assert (optim("rwp").rho, optim("rwp").alpha) == (0.01, 0.5)
+    sse = optim("sse_sam")
+    assert (sse.rho, sse.head_rho, sse.gamma, sse.eta) == (0.1, 0.05, 0.7, 100)
+    assert (optim("focal_sam_asam").name, optim("focal_sam_asam").perturb) == ("focal_sam", "asam")
+
+
+def write_bench(out_root, method, group, seconds):
+    folder = os.path.join(out_root, "sam_family", group, method)
+    os.makedirs(folder, exist_ok=True)
+    rows = {n: {"seconds_per_step": s} for n, s in seconds.items()}
+    with open(os.path.join(folder, "bench.json"), "w") as f:
+        json.dump({"device": "cpu", "dataset": group, "mode": "step", "batch": 128, "baseline": "sgd", "rows": rows}, f)
+
+
+def test_sam_family_report_gives_cost_and_sources(tmp_path, capsys):
+    """CE+SAM and CE+LookSAM from hand-written runs and timings: the cost is the method's seconds
+    over SGD's of the same benchmark (0.25 / 0.10 = 2.50, 0.12 / 0.08 = 1.50), a method not
+    timed is `missing`, the published number's source is named, and the accuracy-vs-cost PNG."""
+    out = str(tmp_path / "runs")
+    for config in ("ce_sam", "ce_looksam"):
+        for group, top1 in (("cifar10_lt", 70.0), ("cifar100_lt", 40.0)):
+            write_final(out, f"{group}/{config}/if100/seed0", top1, head=top1 + 5, dataset=group)
+    write_bench(out, "sam", "cifar10_lt", {"sgd": 0.10, "sam": 0.25})
+    write_bench(out, "sam", "cifar100_lt", {"sgd": 0.20, "sam": 0.40})
+    write_bench(out, "looksam", "cifar10_lt", {"sgd": 0.08, "looksam": 0.12})
+    code, stdout, err = call("make_tables", ["--table", "sam_family", "--out-root", out, "--seeds", "0",
+                                             "--rows", r"^CE\+(SAM|LookSAM)$"], capsys)
+    assert code == 0, err
+    lines = {l.split(" | ")[0][2:]: l for l in stdout.splitlines() if l.startswith("| CE+")}
+    assert set(lines) == {"CE+SAM", "CE+LookSAM"}
+    assert "| CIFAR-10-LT cost ×sgd | CIFAR-100-LT cost ×sgd |" in stdout
+    assert "| 2.50 | 2.00 | 1/1 | Focal-SAM (ICML 2025) Tab. 5" in lines["CE+SAM"]
+    assert "/ 75.0 " in lines["CE+SAM"]                       # the published CIFAR-10-LT All beside ours
+    assert lines["CE+LookSAM"].endswith("| 1.50 | missing | 1/1 | - |")
+    with Image.open(os.path.join(out, "report", "tablesam_family_cost.png")) as im:
+        im.verify()
+        assert im.size[0] > 600 and im.size[1] > 200
+    code, _, err = call("make_tables", ["--table", "sam_family", "--out-root", out, "--rows", "nomatch"], capsys)
+    assert code == 2 and "--rows 'nomatch' matches no row of table sam_family" in err and err.count("\n") == 1
+
+
+def test_bench_step_times_every_registered_optimizer():
+    """`--optimizers all` lists every optimizer of the registry (and the folder's composed rows);
+    each row is built as that optimizer; SGD and the baseline are timed in the same run."""
+    from optim import OPTIMIZERS as REGISTRY
+    bench = script("bench_step")
+    folder = os.path.join(ROOT, "configs", "sam_family", "cifar10_lt")
+    names = bench.all_rows(folder)
+    assert set(REGISTRY) <= set(names) and {"focal_sam_asam", "friendly_sam", "asam"} <= set(names)
+    cfgs = bench.row_configs(folder, names, [], [])
+    built = {label.split(" ")[0]: cfg.optim.name for label, cfg in cfgs.items()}
+    assert all(built[n] == n for n in REGISTRY)
+    assert "random_sam (defaults)" in cfgs         # no config of its own: its defaults, said so
+    args = bench.argparse.Namespace(config_dir=folder, optimizers=["looksam"], baseline="sam", mode="step")
+    bench.choose_rows(args)
+    assert args.optimizers == ["sgd", "sam", "looksam"]
+
+
 # ----------------------------------------------------------------------------- the runner
 
 def test_slots_share_gpus_and_give_multi_gpu_runs_whole_devices():
@@ -485,7 +580,7 @@ def test_table_scripts_dry_run_list_their_runs(tmp_path):
     env = dict(os.environ, DRY_RUN="1", OUT_ROOT=str(tmp_path / "runs"), SEEDS="0 1 2", PYTHON=sys.executable)
     counts = {"table1_timing.sh": 4, "table2_cifar100_lt.sh": 120, "table3_large.sh": 24,
               "table5_cifar10_lt.sh": 240, "table6_cifar100_lt.sh": 120, "table8_cifar100_lt_300ep.sh": 96,
-              "table9_10_large_300ep.sh": 12}
+              "table9_10_large_300ep.sh": 12, "table_sam_family.sh": 182}
     for script, n in counts.items():
         p = subprocess.run(["bash", os.path.join("scripts", script)], cwd=ROOT, env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
