@@ -459,7 +459,7 @@ def test_sam_family_configs_carry_their_authors_settings():
     def optim(name):
         return load_config(os.path.join(ROOT, "configs", "sam_family", "cifar100_lt", f"la_{name}.yaml")).optim
     assert (optim("asam").perturb, optim("asam").rho, optim("asam").asam_eta) == ("asam", 1.0, 0.01)   # the README's CIFAR-100 line
-    assert (optim("friendly_sam").perturb, optim("friendly_sam").friendly_momentum) == ("friendly", 0.95)
+    assert (optim("friendly_sam").perturb, optim("friendly_sam").friendly_momentum) == ("friendly", 0.6)
     assert (optim("gsam").alpha, optim("gsam").rho_min, optim("looksam").k, optim("looksam").alpha) == (0.2, 0.3, 5, 0.7)
     assert (optim("rwp").rho, optim("rwp").alpha) == (0.01, 0.5)
     sse = optim("sse_sam")
