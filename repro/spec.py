@@ -1,7 +1,9 @@
 """The paper's tables as data: repro/tables.yaml -> Table / Group / Row, and the runs they need.
 
-Pure functions only (no processes, no torch): scripts/run_table.py turns the runs into
-processes, scripts/make_tables.py turns their final.json files back into the tables.
+Pure functions (no processes): scripts/run_table.py turns the runs into processes,
+scripts/make_tables.py turns their final.json files back into the tables. Only reading a config's
+facts (`read_config_info`) loads the engine's config loader, and with it torch; a plan given its
+own `read_config` needs neither.
 """
 import dataclasses
 import functools
