@@ -94,8 +94,18 @@ NOT_CHECKPOINT_KEYS = ("input_resolution", "context_length", "vocab_size")   # i
 
 # ----------------------------------------------------------------------------- the weights
 
+def import_open_clip():
+    """open_clip, imported when a CLIP model is built (no other run needs it). open_clip 2.24
+    imports timm's deprecated `timm.models.layers`, and a newer timm answers with a FutureWarning
+    on stderr at every start: noise above the run's first line, not a fault of the user's setup."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\b")
+        import open_clip
+    return open_clip
+
+
 def openai_url(arch: str = "ViT-B-16") -> str:
-    import open_clip
+    open_clip = import_open_clip()
     return open_clip.get_pretrained_cfg(arch, "openai")["url"]
 
 
@@ -197,7 +207,7 @@ def build_open_clip(arch: Optional[dict], weights: Optional[str], quick_gelu: bo
     """open_clip's ViT-B-16 CLIP (`arch` overrides its config: the tiny test model), random init,
     then the weights from `weights` when given. fp16: its LayerNorms compute in fp32 (open_clip's
     LayerNormFp32, OpenAI's LayerNorm); the weights stay fp32 until `ClipClassifier.to_fp16`."""
-    import open_clip
+    open_clip = import_open_clip()
     cfg = {**open_clip.get_model_config("ViT-B-16"), **(arch or {}), "quick_gelu": quick_gelu}
     model = open_clip.CLIP(**cfg, cast_dtype=torch.float16 if precision == "fp16" else None)
     if weights:
@@ -221,7 +231,7 @@ def prompts_for(template: str, class_names: Sequence[str]) -> List[str]:
 def text_head_weights(clip, class_names: Sequence[str], templates: Sequence[str], device: torch.device,
                       chunk: int = 1000) -> torch.Tensor:
     """(C, D) head rows w_k = normalize(P t_k), t_k the template-averaged unit text embedding."""
-    import open_clip
+    open_clip = import_open_clip()
     clip = clip.to(device).eval()
     total = 0.0
     for template in templates:
@@ -281,7 +291,7 @@ class ClipClassifier(Classifier):
         """The official code's fp16 model: the encoder's linear, convolution and attention weights
         (open_clip's convert_weights_to_lp, OpenAI's convert_weights), the adapters and the head in
         fp16; LayerNorm weights, class and position embeddings stay fp32, as there."""
-        import open_clip
+        open_clip = import_open_clip()
         open_clip.model.convert_weights_to_lp(self.visual, torch.float16)
         for module in self.modules():
             if isinstance(module, AdaptFormer):
