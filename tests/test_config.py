@@ -90,7 +90,7 @@ def test_saved_config_reloads_identically(base, tmp_path):
     (["optim.name=focal_sma"], "optim.name", "did you mean 'focal_sam'"),
     (["model.name=resnet33"], "model.name", "choose one of"),
     (["data.name=cifar"], "data.name", "unknown dataset"),
-    (["optim.name=sam", "optim.eta=20"], "optim.eta", "not used by optimizer 'sam' (used by: imbsam)"),
+    (["optim.name=sam", "optim.eta=20"], "optim.eta", "not used by optimizer 'sam' (used by: imbsam, sse_sam)"),
     (["loss.name=ce", "loss.tau=2"], "loss.tau", "not used by loss 'ce'"),
     (["loss.drw_epoch=10"], "loss.drw_epoch", "outside the run's epochs 0..9"),
     (["optim.name=sam", "optim.rho_milestones=[[6, 0.2], [4, 0.3]]"], "optim.rho_milestones[1]", "increasing"),

@@ -137,7 +137,8 @@ def test_every_shipped_config_is_covered():
     fp16 = {json.loads(k)["train"]["amp"] for k, g in GROUPS.items() if g[0].startswith("configs/clip/")}
     assert fp16 == {"fp16", "none"}
     optims = {json.loads(k)["optim"]["name"] for k in GROUPS}
-    assert optims == {"sgd", "sam", "imbsam", "cc_sam", "focal_sam"}
+    assert optims >= {"sgd", "sam", "imbsam", "cc_sam", "focal_sam", "gsam", "looksam", "rwp", "sse_sam"}
+    assert {json.loads(k)["optim"].get("perturb") for k in GROUPS} >= {"sam", "asam", "friendly"}
 
 
 def test_device_loader_is_what_auto_picks_on_cuda_for_in_memory_sets():
