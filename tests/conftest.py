@@ -213,3 +213,17 @@ def counts_for(cfg):
     if cfg.data.name in LIST_PRESETS and not os.path.isfile(os.path.join(ROOT, cfg.data.train_list)):
         return long_tailed_counts(1280, cfg.data.num_classes, 256)
     return class_counts_only(cfg.data)
+
+
+def interrupt_in_epoch(monkeypatch, epoch: int, error=KeyboardInterrupt):
+    """The trainer stops with `error` when it starts 0-based epoch `epoch` (after the previous
+    epoch's checkpoint): Ctrl-C, a crash. Returns the real train_one_epoch, to put back."""
+    import engine.trainer as trainer
+    real = trainer.train_one_epoch
+
+    def stop(*args, **kwargs):
+        if args[4] == epoch:
+            raise error()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(trainer, "train_one_epoch", stop)
+    return real

@@ -29,7 +29,7 @@ import engine.build
 import engine.trainer as trainer
 import eval as eval_cli
 import train as train_cli
-from conftest import script, write_tree, ROOT, TINY, write_cifar
+from conftest import interrupt_in_epoch, script, write_tree, ROOT, TINY, write_cifar
 from engine.locks import folder_lock
 from engine.loaders import quiet_worker
 
@@ -480,16 +480,6 @@ def test_benchmark_mistakes(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- faults during a run
-def interrupt_in_epoch(monkeypatch, epoch, error=KeyboardInterrupt):
-    real = trainer.train_one_epoch
-
-    def stop(*args, **kwargs):
-        if args[4] == epoch:
-            raise error()
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_one_epoch", stop)
-
-
 def test_resume_command_only_when_a_checkpoint_exists(tiny, tmp_path, capsys, monkeypatch):
     interrupt_in_epoch(monkeypatch, 0)
     line = assert_one_line(train(capsys, "--config", tiny, "--out", tmp_path / "a"), "interrupted",

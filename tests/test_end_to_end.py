@@ -7,7 +7,7 @@ import yaml
 
 import engine.build
 import engine.trainer as trainer
-from conftest import assert_one_line_error, run_cli
+from conftest import interrupt_in_epoch, assert_one_line_error, run_cli
 from engine.config import load_config
 
 
@@ -61,12 +61,7 @@ def test_resume_equals_uninterrupted_run(tiny_config, tmp_path, monkeypatch, rep
     cfg = load_config(tiny_config({"data": {"num_workers": 1}}, replace=replace), ["train.epochs=3"])
     full = trainer.fit(cfg, str(tmp_path / "full"))
 
-    real = trainer.train_one_epoch
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[4] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_2)
+    real = interrupt_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(cfg, str(tmp_path / "cut"))
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from conftest import interrupt_in_epoch
 from core.errors import ConfigError
 from engine.config import section
 from losses import build_loss
@@ -171,13 +172,7 @@ def test_training_resumed_mid_run_equals_the_uninterrupted_one(tiny_config, tmp_
     optim = {"name": "looksam", "lr": 0.05, "rho": 0.1, "k": 3, "perturb": "friendly"}
     cfg = load_config(tiny_config(replace={"optim": optim}), ["train.epochs=3"])
     trainer.fit(cfg, str(tmp_path / "full"))
-    real = trainer.train_one_epoch
-
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[4] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_2)
+    real = interrupt_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(cfg, str(tmp_path / "cut"))
     monkeypatch.setattr(trainer, "train_one_epoch", real)

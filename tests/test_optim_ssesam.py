@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import interrupt_in_epoch
 from core.errors import OptionError
 from engine import trainer
 from engine.config import load_config, section
@@ -132,13 +133,7 @@ def test_resume_across_the_switch_equals_the_uninterrupted_run(tiny_config, tmp_
     sse = {"name": "sse_sam", "lr": 0.05, "rho": 0.1, "head_rho": 0.05, "gamma": 0.5, "eta": 10}
     cfg = load_config(tiny_config(replace={"optim": sse}), ["train.epochs=3"])
     full = trainer.fit(cfg, str(tmp_path / "full"))
-    real = trainer.train_one_epoch
-
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[4] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_2)
+    real = interrupt_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(cfg, str(tmp_path / "cut"))
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)

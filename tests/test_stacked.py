@@ -168,7 +168,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
-from conftest import assert_one_line_error, run_cli  # noqa: E402
+from conftest import interrupt_in_epoch, assert_one_line_error, run_cli  # noqa: E402
 from data.arrays import ArrayDataset  # noqa: E402
 from engine import group as group_module  # noqa: E402
 from engine import trainer  # noqa: E402
@@ -272,14 +272,8 @@ def test_interrupted_seeds_resume_together_or_alone(tiny_config, tmp_path, monke
     cfgs = [load_config(tiny_config(), [f"seed={s}", "train.epochs=2"]) for s in (3, 4)]
     full = [str(tmp_path / f"full{s}") for s in (3, 4)]
     trainer.fit_members(cfgs, full)
-    real = trainer.train_one_epoch
-
-    def crash_in_epoch_1(*args, **kwargs):
-        if args[4] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
     cut = [str(tmp_path / f"cut{s}") for s in (3, 4)]
-    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_epoch_1)
+    real = interrupt_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit_members(cfgs, cut)
     monkeypatch.setattr(trainer, "train_one_epoch", real)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import engine.trainer as trainer
+from conftest import interrupt_in_epoch
 from core.errors import UserError
 from engine import tracking
 from engine.config import config_to_dict, load_config
@@ -93,13 +94,7 @@ def test_wandb_logs_config_epochs_report_and_resume_continues_the_run(tiny_confi
     attempts; the first logged epochs 1-2 and ended failed, the second epoch 3 and the report."""
     cfg = load_config(tiny_config(), ["train.epochs=3", "train.loggers=[wandb]", "train.wandb_group=cell"])
     out = tmp_path / "cut"
-    real = trainer.train_one_epoch
-
-    def stop_in_epoch_3(*args, **kwargs):
-        if args[4] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_one_epoch", stop_in_epoch_3)
+    real = interrupt_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(cfg, str(out))
     monkeypatch.setattr(trainer, "train_one_epoch", real)
