@@ -227,3 +227,13 @@ def interrupt_in_epoch(monkeypatch, epoch: int, error=KeyboardInterrupt):
         return real(*args, **kwargs)
     monkeypatch.setattr(trainer, "train_one_epoch", stop)
     return real
+
+
+def call_script(name: str, argv, capsys):
+    """-> (exit code, stdout, stderr) of scripts/<name>.py main(argv), in this process."""
+    try:
+        code = script(name).main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -163,3 +163,24 @@ def params_of(model):
 
 def reference_copy(model):
     return copy.deepcopy(model)
+
+
+def random_batches(kind: str, n: int, b: int = 10, seed: int = 0, dtype=torch.float64, tail_first: bool = False):
+    """n batches of b random inputs for MLP ("mlp": 6 features) or ConvBN (3 x 5 x 5) and labels
+    of 4 classes; tail_first: the first label of each batch is class 3, the tail of COUNTS-like
+    profiles (so that ImbSAM's perturbed pass runs)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, 6) if kind == "mlp" else (b, 3, 5, 5)
+    out = []
+    for _ in range(n):
+        x, y = torch.randn(shape, generator=g, dtype=dtype), torch.randint(0, 4, (b,), generator=g)
+        if tail_first:
+            y[0] = 3
+        out.append((x, y))
+    return out
+
+
+def float64_model(kind: str, seed: int = 0, head: str = "linear"):
+    """MLP or ConvBN in float64, initialised from `seed`."""
+    torch.manual_seed(seed)
+    return (MLP(head=head) if kind == "mlp" else ConvBN()).double()

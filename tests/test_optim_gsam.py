@@ -14,7 +14,7 @@ from models.stacked import StackedModels
 from optim import GSAM, SAM
 from optim.class_weights import focal_sam_weights
 from optim.schedules import cosine_lr
-from reference import MLP, ConvBN, params_of, per_sample_ce, reference_copy, sgd_update
+from reference import float64_model, random_batches, MLP, params_of, per_sample_ce, reference_copy, sgd_update
 from reference_sam_family import asam_eps, gsam_grads, sam_eps
 
 COUNTS = [400, 120, 30, 8]
@@ -24,14 +24,10 @@ ONES, ZEROS = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.flo
 
 
 def batches(kind, n=3, b=10, dtype=torch.float64):
-    g = torch.Generator().manual_seed(1)
-    shape = (b, 6) if kind == "mlp" else (b, 3, 5, 5)
-    return [(torch.randn(shape, generator=g, dtype=dtype), torch.randint(0, 4, (b,), generator=g)) for _ in range(n)]
+    return random_batches(kind, n, b, 1, dtype)
 
 
-def make_model(kind, seed=0, head="linear"):
-    torch.manual_seed(seed)
-    return (MLP(head=head) if kind == "mlp" else ConvBN()).double()
+make_model = float64_model
 
 
 def compare(kind, make_opt, a=ZEROS, c=ONES, perturbation=sam_eps, loss=per_sample_ce, head="linear"):

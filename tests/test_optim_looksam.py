@@ -12,7 +12,7 @@ from engine.config import section
 from losses import build_loss
 from models.stacked import StackedModels, member_optimizer_state
 from optim import SAM, LookSAM
-from reference import MLP, ConvBN, params_of, per_sample_ce, reference_copy, sgd_update
+from reference import float64_model, random_batches, params_of, per_sample_ce, reference_copy, sgd_update
 from reference_sam_family import LookSAMReference, asam_eps
 
 COUNTS = [400, 120, 30, 8]
@@ -21,14 +21,10 @@ KW = dict(lr=LR, momentum=0.9, weight_decay=WD)
 
 
 def batches(kind, n=7, b=10, dtype=torch.float64):
-    g = torch.Generator().manual_seed(2)
-    shape = (b, 6) if kind == "mlp" else (b, 3, 5, 5)
-    return [(torch.randn(shape, generator=g, dtype=dtype), torch.randint(0, 4, (b,), generator=g)) for _ in range(n)]
+    return random_batches(kind, n, b, 2, dtype)
 
 
-def make_model(kind, seed=0, head="linear"):
-    torch.manual_seed(seed)
-    return (MLP(head=head) if kind == "mlp" else ConvBN()).double()
+make_model = float64_model
 
 
 def compare(kind, make_opt, reference, loss=per_sample_ce, head="linear", n=7):

@@ -12,7 +12,7 @@ from models.stacked import StackedModels, member_optimizer_state
 from optim import RWP, SAM, FocalSAM, ImbSAM
 from optim.class_weights import focal_sam_weights, imbsam_weights
 from optim.perturbations import RULES, RuleOptions, filter_norms, rule_default
-from reference import MLP, ConvBN, params_of, per_sample_ce, reference_copy
+from reference import float64_model, random_batches, params_of, per_sample_ce, reference_copy
 from reference_sam_family import FriendlyEMA, RWPNoise, asam_eps, sam_eps, weighted_step
 
 COUNTS = [400, 120, 30, 8]
@@ -21,20 +21,11 @@ KW = dict(lr=LR, momentum=0.9, weight_decay=WD)
 ONES, ZEROS = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
 
 
-def batches(kind, n=3, b=10, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    shape = (b, 6) if kind == "mlp" else (b, 3, 5, 5)
-    out = []
-    for _ in range(n):
-        x, y = torch.randn(shape, generator=g, dtype=dtype), torch.randint(0, 4, (b,), generator=g)
-        y[0] = 3                                             # a tail sample: ImbSAM's perturbed pass runs
-        out.append((x, y))
-    return out
+def batches(kind, n=3, b=10, dtype=torch.float64, seed=0):
+    return random_batches(kind, n, b, seed, dtype, tail_first=True)
 
 
-def make_model(kind, seed=0, head="linear"):
-    torch.manual_seed(seed)
-    return (MLP(head=head) if kind == "mlp" else ConvBN()).double()
+make_model = float64_model
 
 
 WEIGHTINGS = {

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import script, ROOT
+from conftest import call_script, ROOT
 from repro import slurm, spec
 
 SPEC = os.path.join(ROOT, "tests", "data", "tables_slurm.yaml")
@@ -27,14 +27,7 @@ SLURM = ["--launcher", "slurm", "--gpus-per-node", "0", "--cpus-per-gpu", "1", "
 WAIT_S = 600   # a guard against a hang only: the table takes well under a minute on a quiet machine
 
 
-def call(name, argv, capsys):
-    """-> (exit code, stdout, stderr) of scripts/<name>.py main(argv), in this process."""
-    try:
-        code = script(name).main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+call = call_script
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import script, ROOT
+from conftest import call_script, script, ROOT
 from data import class_counts_only
 from data.large import PRESETS as LIST_PRESETS
 from data.arrays import long_tailed_counts
@@ -31,14 +31,7 @@ def tables():
     return spec.load_tables()
 
 
-def call(name, argv, capsys):
-    """-> (exit code, stdout, stderr) of scripts/<name>.py main(argv), in this process."""
-    try:
-        code = script(name).main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+call = call_script
 
 
 def rows_of(losses):
