@@ -3,6 +3,7 @@ same global batch, the per-replica mode against its own reference, BN-frozen pas
 end-to-end two-process run, and a rank killed mid-run."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,8 +22,18 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def torchrun(*args, nproc=2, extra=(), timeout=600, **popen):
+    """torchrun in its own process group: on a timeout the group goes (torchrun and its workers),
+    so no worker is left waiting for a peer after the test failed."""
     cmd = TORCHRUN + ["--nproc_per_node", str(nproc), "--standalone", *extra, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, **popen)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **popen)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun {' '.join(args)} did not end within {timeout} s; its output:\n{(out + err)[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
