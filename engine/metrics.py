@@ -29,6 +29,8 @@ def _mean_or_none(values: np.ndarray) -> Optional[float]:
 def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
     """ECE in percent: sum over equal-width confidence bins (lo, hi] of |B|/N * |acc(B) - conf(B)|."""
     confidences, correct = np.asarray(confidences, np.float64), np.asarray(correct, np.float64)
+    if not np.isfinite(confidences).all():    # a diverged model: no bin to put it in
+        return float("nan")
     bins = np.clip(np.ceil(confidences * n_bins).astype(int) - 1, 0, n_bins - 1)
     ece = 0.0
     for b in range(n_bins):

@@ -1,4 +1,6 @@
 """Metrics against values computed by hand."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,12 @@ def test_ece_by_hand_two_bins():
     assert expected_calibration_error(conf, correct) == pytest.approx(100 * expected)
     # Upper edges belong to their bin: confidence exactly 1/15 is in bin 0, 1.0 in bin 14.
     assert expected_calibration_error(np.array([1 / 15, 1.0]), np.array([0, 1])) == pytest.approx(100 * 0.5 / 15)
+
+
+def test_ece_of_non_finite_confidences_is_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # the cast of NaN to a bin index warned
+        assert np.isnan(expected_calibration_error(np.array([0.5, np.nan]), np.array([1, 0])))
 
 
 def test_best_on_test_is_the_first_epoch_with_the_best_top1_and_each_groups_own_best():
