@@ -222,7 +222,7 @@ class SharpnessOptimizer(torch.optim.Optimizer):
                                    allow_unused=True)
         by_id = {id(p): g for p, g in zip(every, both)}
         for p, g in zip(every, both):
-            p.grad = None if g is None else g[0]
+            p.grad = None if g is None else like(p, g[0])
         return [torch.zeros_like(p) if by_id.get(id(p)) is None else by_id[id(p)][1] for p in params]
 
     def perturb(self, model, params, rhos, u, rule, skip=None):
@@ -370,6 +370,12 @@ class SharpnessOptimizer(torch.optim.Optimizer):
         if num_classes and targets.numel() and int(targets.max()) >= num_classes:
             raise ValueError(f"target {int(targets.max())} is out of range for {num_classes} classes "
                              f"(class_counts has {num_classes} entries)")
+
+
+def like(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """`g` laid out as `p`: a row of a batched gradient has vmap's strides, and a later backward
+    accumulating into a .grad of another layout than its parameter's is slow (and warns)."""
+    return g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:
