@@ -1,4 +1,5 @@
 """Shared test helpers: CIFAR pickles in the real on-disk format, tiny configs, CLI runner."""
+import concurrent.futures
 import importlib
 import os
 import pickle
@@ -120,6 +121,13 @@ def run_cli(*args, cwd=ROOT, env_extra=None, timeout=300):
     """Run `python <args>` from the repository root; return the CompletedProcess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def run_clis(*cases, **kwargs):
+    """`run_cli(*case)` for each case, side by side; their CompletedProcesses in order. A refused
+    command is seconds of imports, so independent cases take the time of the slowest."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda case: run_cli(*case, **kwargs), cases))
 
 
 def assert_one_line_error(proc, *fragments):

@@ -7,7 +7,7 @@ import yaml
 
 import engine.build
 import engine.trainer as trainer
-from conftest import interrupt_in_epoch, assert_one_line_error, run_cli
+from conftest import interrupt_in_epoch, assert_one_line_error, run_cli, run_clis
 from engine.config import load_config
 
 
@@ -92,21 +92,21 @@ def test_resume_via_cli_and_its_errors(tiny_config, tmp_path):
 
 
 def test_bad_inputs_give_one_line(tiny_config, tmp_path):
-    assert_one_line_error(run_cli("train.py", "--config", tiny_config(), "--set", "loss.name=focal"),
-                          "loss.name", "unknown loss 'focal'", "ce")
     missing = tmp_path / "c.yaml"
     missing.write_text(yaml.safe_dump({"data": {"name": "cifar10_lt", "root": str(tmp_path / "nodata"),
                                                 "download": False}, "model": {"name": "resnet8"}}))
-    missing = str(missing)
-    assert_one_line_error(run_cli("train.py", "--config", missing, "--out", str(tmp_path / "m")),
-                          "cifar10 not found", "cifar-10-batches-py", "data.root")
     corrupt = tmp_path / "bad.pt"
     corrupt.write_bytes(b"this is not a checkpoint")
-    assert_one_line_error(run_cli("eval.py", "--config", tiny_config(), "--checkpoint", str(corrupt)),
-                          "cannot load checkpoint", "corrupt")
-    assert_one_line_error(run_cli("eval.py", "--checkpoint", str(tmp_path / "nope.pt"), "--config", tiny_config()),
-                          "checkpoint not found")
-    assert_one_line_error(run_cli("train.py", "--config", str(tmp_path / "missing.yaml")), "config file not found")
+    cfg = tiny_config()
+    cases = {  # command: what its one error line names
+        ("train.py", "--config", cfg, "--set", "loss.name=focal"): ("loss.name", "unknown loss 'focal'", "ce"),
+        ("train.py", "--config", str(missing), "--out", str(tmp_path / "m")):
+            ("cifar10 not found", "cifar-10-batches-py", "data.root"),
+        ("eval.py", "--config", cfg, "--checkpoint", str(corrupt)): ("cannot load checkpoint", "corrupt"),
+        ("eval.py", "--checkpoint", str(tmp_path / "nope.pt"), "--config", cfg): ("checkpoint not found",),
+        ("train.py", "--config", str(tmp_path / "missing.yaml")): ("config file not found",)}
+    for proc, fragments in zip(run_clis(*cases), cases.values()):
+        assert_one_line_error(proc, *fragments)
 
 
 def test_non_finite_loss_stops_with_the_step_range_and_keeps_the_checkpoint(tiny_config, tmp_path, monkeypatch):

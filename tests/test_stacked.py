@@ -168,7 +168,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
-from conftest import interrupt_in_epoch, assert_one_line_error, run_cli  # noqa: E402
+from conftest import interrupt_in_epoch, assert_one_line_error, run_cli, run_clis  # noqa: E402
 from data.arrays import ArrayDataset  # noqa: E402
 from engine import group as group_module  # noqa: E402
 from engine import trainer  # noqa: E402
@@ -292,25 +292,28 @@ def test_interrupted_seeds_resume_together_or_alone(tiny_config, tmp_path, monke
 def test_seeds_cli_and_its_errors(tiny_config, tmp_path):
     cfg = tiny_config({"train": {"epochs": 1}})
     out = str(tmp_path / "r-{seed}")
-    proc = run_cli("train.py", "--config", cfg, "--seeds", "5", "6", "--out", out)
+    cc = tiny_config(replace={"optim": {"name": "cc_sam", "lr": 0.05, "rho": 0.5}}, name="cc.yaml")
+    # the run, and the refusals that touch no folder of it, side by side
+    proc, *refused = run_clis(
+        ("train.py", "--config", cfg, "--seeds", "5", "6", "--out", out),
+        ("train.py", "--config", cfg, "--seeds", "1", "2", "--out", str(tmp_path / "x")),
+        ("train.py", "--config", cfg, "--seeds", "1", "1", "--out", str(tmp_path / "d{seed}")),
+        ("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "seed=3"),
+        ("train.py", "--config", cc, "--seeds", "1", "2", "--out", str(tmp_path / "c{seed}")),
+        ("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "model.channels_last=true",
+         "--out", str(tmp_path / "l{seed}")),
+        ("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "train.amp=fp16",
+         "--out", str(tmp_path / "f{seed}")))
     assert proc.returncode == 0, proc.stderr
     assert "[seed 5] final: top1" in proc.stdout and "[seed 6] final: top1" in proc.stdout
     for s in (5, 6):
         assert json.loads((tmp_path / f"r-{s}" / "final.json").read_text())["run"]["seed"] == s
-    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--out", str(tmp_path / "x")),
-                          "pattern holding {seed}")
-    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "1", "--out", out), "seed twice")
-    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "seed=3"),
-                          "--seeds only")
+    for p, fragments in zip(refused, [("pattern holding {seed}",), ("seed twice",), ("--seeds only",),
+                                      ("optim.name=cc_sam", "one run per seed"),
+                                      ("model.channels_last=true", "one run per seed"), ("train.amp", "bf16")]):
+        assert_one_line_error(p, *fragments)
     assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "5", "7", "--out", out),
                           "already holds a run", "r-5")
-    cc = tiny_config(replace={"optim": {"name": "cc_sam", "lr": 0.05, "rho": 0.5}}, name="cc.yaml")
-    assert_one_line_error(run_cli("train.py", "--config", cc, "--seeds", "1", "2", "--out", str(tmp_path / "c{seed}")),
-                          "optim.name=cc_sam", "one run per seed")
-    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "model.channels_last=true",
-                                  "--out", str(tmp_path / "l{seed}")), "model.channels_last=true", "one run per seed")
-    assert_one_line_error(run_cli("train.py", "--config", cfg, "--seeds", "1", "2", "--set", "train.amp=fp16",
-                                  "--out", str(tmp_path / "f{seed}")), "train.amp", "bf16")
     assert_one_line_error(run_cli("train.py", "--resume", str(tmp_path / "r-5"), str(tmp_path / "r-5")), "twice")
     state = torch.load(tmp_path / "r-6" / "last.pt", weights_only=True)
     state["epoch"] = 0                       # as if seed 6 had stopped an epoch earlier
