@@ -589,7 +589,8 @@ def test_smoke_fills_a_table_end_to_end(tmp_path, capsys):
     filled, marked synthetic."""
     out = str(tmp_path / "runs")
     p = subprocess.run([sys.executable, "scripts/run_table.py", "--spec", SMALL_SPEC, "--table", "7", "--smoke",
-                        "--seeds", "0", "--gpus", "cpu", "--out-root", out, "--rows", r"^LA(\+SAM)?$"],
+                        "--seeds", "0", "--gpus", "cpu", "--runs-per-gpu", "2", "--out-root", out,
+                        "--rows", r"^LA(\+SAM)?$"],
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "4 finished now, 0 done before, 0 failed" in p.stdout
@@ -605,7 +606,7 @@ def test_table1_smoke_times_every_optimizer_and_prints_the_table(tmp_path, capsy
     """Table 1 on synthetic data: bench_step per dataset (ResNet-32 and ResNet-50), then the table."""
     out = str(tmp_path / "runs")
     p = subprocess.run([sys.executable, "scripts/run_table.py", "--table", "1", "--smoke", "--gpus", "cpu",
-                        "--out-root", out], cwd=ROOT, capture_output=True, text=True)
+                        "--runs-per-gpu", "2", "--out-root", out], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     with open(os.path.join(out, "table1", "imagenet_lt", "bench.json")) as f:
         bench = json.load(f)
