@@ -54,7 +54,8 @@ ABLATIONS: Dict[str, Ablation] = {
                   "Focal-SAM accuracy against rho (LDAM-DRW, LA, VS)"),
 }
 
-# Figure 3: the densities of (1 - pi_k)^gamma; the official gamma of each set (DESIGN.md section 4).
+# Figure 3: the densities of (1 - pi_k)^gamma; the official gamma of each set (`--flat_gamma` in
+# github.com/scongl/Focal-SAM scripts/*.sh, as each set's la_focal_sam.yaml says).
 FOCAL_DATASETS: Dict[str, str] = {"cifar10_lt": "CIFAR-10-LT", "cifar100_lt": "CIFAR-100-LT",
                                   "imagenet_lt": "ImageNet-LT", "inat2018": "iNaturalist 2018"}
 PAPER_GAMMA: Dict[str, float] = {"cifar10_lt": 3.0, "cifar100_lt": 3.2, "imagenet_lt": 0.8, "inat2018": 2.0}

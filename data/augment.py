@@ -1,5 +1,5 @@
-"""Augmentation of the large sets (DESIGN.md section 3) in two steps: draw one sample's random
-parameters from a generator keyed on (seed, epoch, index), then apply them.
+"""Augmentation of the large sets (README, "Large datasets": the official pipeline) in two steps:
+draw one sample's random parameters from a generator keyed on (seed, epoch, index), then apply them.
 
 Train: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) to `size`, horizontal flip, and for
 ImageNet-LT ColorJitter(0.4, 0.4, 0.4, hue 0) in a random order; test: resize the shorter side to

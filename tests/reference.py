@@ -1,4 +1,4 @@
-"""Independent reference computations of the optimizer formulas (DESIGN.md section 1), written
+"""Independent reference computations of the optimizer formulas (each paper's equations), written
 directly with torch.func.functional_call and autograd in float64. They share no code with optim/."""
 import copy
 import math

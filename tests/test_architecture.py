@@ -1,4 +1,4 @@
-"""The structure promised in STYLE.md section 11 and the README's "Extending": libraries that
+"""The structure promised in the README's "Layout" and "Extending": libraries that
 import nothing of the engine, one source of option defaults, a new component in one file."""
 import ast
 import os

@@ -5,6 +5,7 @@ markdown files named bare. A file of another repository must be written with tha
 import glob
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -113,6 +114,31 @@ def unresolved(path: str):
 @pytest.mark.parametrize("path", DOCS + CONFIGS)
 def test_references_resolve_in_the_repository(path):
     assert list(unresolved(path)) == []
+
+
+# The design and style notes beside a developer's checkout are not part of the repository: no file
+# may send a reader to them (this file and test_config_sources.py name them to test for them).
+OUTSIDE = re.compile(r"\b(DESIGN|STYLE)\.md\b|\.\./shared\b|\bshared/(papers|tools|data)\b")
+
+
+def tracked_files():
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0:
+        return listed.stdout.split()
+    return [os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(ROOT) for f in fs]
+
+
+def test_no_file_cites_notes_outside_the_repository():
+    found = []
+    for path in tracked_files():
+        if path in ("tests/test_references.py", "tests/test_config_sources.py") or path.startswith(".venv"):
+            continue
+        try:
+            text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+        except (UnicodeDecodeError, OSError):
+            continue                                   # binary or unreadable: not prose
+        found += [f"{path}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
+    assert found == []
 
 
 def test_the_checker_finds_what_it_is_for(tmp_path, monkeypatch):
